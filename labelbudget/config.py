@@ -1,0 +1,36 @@
+"""Reading `params.yaml` and switching between the profiles kept in `profiles/`."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+PARAMS = "params.yaml"
+PROFILES_DIR = "profiles"
+
+
+def load_params(path: str | Path = PARAMS) -> dict[str, Any]:
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no params file; run `labelbudget profile default` to create one")
+    with open(path, encoding="utf-8") as f:
+        return yaml.safe_load(f)
+
+
+def available_profiles(root: Path = ROOT) -> list[str]:
+    return sorted(p.stem for p in (root / PROFILES_DIR).glob("*.yaml"))
+
+
+def use_profile(name: str, root: Path = ROOT) -> Path:
+    """Copy `profiles/<name>.yaml` onto `params.yaml`: DVC tracks only params.yaml, so this re-runs exactly the
+    stages whose parameters differ."""
+    src = root / PROFILES_DIR / f"{name}.yaml"
+    if not src.exists():
+        raise ValueError(f"unknown profile {name!r}; available: {', '.join(available_profiles(root))}")
+    dst = root / PARAMS
+    shutil.copyfile(src, dst)
+    return dst
