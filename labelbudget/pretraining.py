@@ -1,0 +1,157 @@
+"""Pretraining one SSL encoder with Lightning: data, quantizer set-up, exact resume, export for extraction."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+
+import torch
+
+from labelbudget.batching import StepBatchSampler, WaveDataset, collate_waves
+from labelbudget.encoder import EncoderConfig, count_parameters
+from labelbudget.io import atomic_path, write_json
+from labelbudget.logmel import LogMel, normalize, subsampled_lengths
+from labelbudget.manifest import Corpus
+from labelbudget.ssl import STACK, KMeansQuantizer, stack_frames
+
+FORMAT = "labelbudget-ssl/1"
+# Keys that change the trained weights; the rest (time cap, checkpoint cadence, devices) may change on resume.
+_SEMANTIC = ("objective", "max_steps", "batch_seconds", "lr", "warmup_steps", "weight_decay", "grad_clip",
+             "mask_prob", "mask_span", "codebook_size", "codebook_dim", "kmeans_clusters", "kmeans_utterances")
+
+
+def resolve_precision(setting: str) -> str:
+    if setting != "auto":
+        return setting
+    if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+        return "bf16-mixed"
+    return "32-true"
+
+
+def fit_kmeans(rows: list[dict], corpus: Corpus, p: dict, n_mels: int, seed: int) -> KMeansQuantizer:
+    """k-means targets on stacked, normalised log-mel frames of a seeded sample of the unlabeled pool."""
+    g = torch.Generator().manual_seed(seed)
+    pick = torch.randperm(len(rows), generator=g)[: p["kmeans_utterances"]].tolist()
+    data = WaveDataset([str(corpus.audio_path(rows[i])) for i in pick], [rows[i]["duration"] for i in pick])
+    logmel, frames = LogMel(n_mels), []
+    for k in range(len(data)):
+        wav = data[k][None]
+        feats, flens = logmel(wav, torch.tensor([wav.shape[1]]))
+        feats = normalize(feats, flens)
+        frames.append(stack_frames(feats, int(subsampled_lengths(flens)[0]))[0])
+    allf = torch.cat(frames)
+    if len(allf) > 50_000:  # plenty for k <= 1024; keeps the fit to seconds
+        allf = allf[torch.randperm(len(allf), generator=g)[:50_000]]
+    return KMeansQuantizer(KMeansQuantizer.fit(allf, p["kmeans_clusters"], seed=seed))
+
+
+def fingerprint(cfg: EncoderConfig, p: dict, seed: int, manifest: Path) -> str:
+    blob = json.dumps({"cfg": cfg.to_dict(), "p": {k: p[k] for k in _SEMANTIC if k in p}, "seed": seed,
+                       "manifest": hashlib.sha256(manifest.read_bytes()).hexdigest()}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def pretrain(size: str, params: dict, out: Path, corpus_dir: Path = Path("data/corpus"),
+             fail_at_step: int | None = None) -> dict:
+    """Train `size` and export `out/model.pt`. Checkpoints in `out/checkpoints` are resumed when they belong
+    to the same configuration and data; otherwise they are discarded. `fail_at_step` simulates a crash (tests)."""
+    import lightning as L
+    from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+    from lightning.pytorch.loggers import CSVLogger
+
+    from labelbudget.ssl import make_ssl_module
+
+    p, seed = params["pretrain"], int(params["seed"])
+    if size not in params["models"]:
+        raise ValueError(f"no model size {size!r} in params `models` (have: {', '.join(params['models'])})")
+    cfg = EncoderConfig.from_params(params["models"][size], params["features"]["n_mels"])
+    corpus = Corpus.load(corpus_dir)
+    rows = corpus.read(corpus.unlabeled)
+    durations = [r["duration"] for r in rows]
+    if p["objective"] not in ("bestrq", "hubert"):
+        raise ValueError(f"params pretrain.objective: {p['objective']!r} is not one of bestrq, hubert")
+
+    ckpt_dir = out / "checkpoints"
+    fp = fingerprint(cfg, p, seed, corpus.manifest_path(corpus.unlabeled))
+    stamp = ckpt_dir / "fingerprint.txt"
+    if ckpt_dir.exists() and (not stamp.exists() or stamp.read_text() != fp):
+        shutil.rmtree(ckpt_dir)  # checkpoints of another config or data set must never be resumed
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    stamp.write_text(fp)
+    last = ckpt_dir / "last.ckpt"
+
+    L.seed_everything(seed, workers=True, verbose=False)
+    quantizer = fit_kmeans(rows, corpus, p, cfg.n_mels, seed) if p["objective"] == "hubert" else None
+    module = make_ssl_module(cfg, p, seed, quantizer)
+    gpu = torch.cuda.is_available()
+
+    class Data(L.LightningDataModule):
+        def train_dataloader(self):
+            t = self.trainer
+            sampler = StepBatchSampler(durations, p["batch_seconds"], p["max_steps"], seed,
+                                       start_step=lambda: t.global_step, rank=t.global_rank,
+                                       world_size=t.world_size)
+            ds = WaveDataset([str(corpus.audio_path(r)) for r in rows], durations)
+            return torch.utils.data.DataLoader(ds, batch_sampler=sampler, collate_fn=collate_waves,
+                                               num_workers=4 if gpu else 0, pin_memory=gpu)
+
+    class CrashAt(Callback):
+        def on_train_batch_start(self, trainer, *_):
+            if fail_at_step is not None and trainer.global_step == fail_at_step:
+                raise RuntimeError(f"simulated crash at step {fail_at_step}")
+
+    loggers = [CSVLogger(str(out / "logs"), name="", version="")]
+    if params.get("wandb", {}).get("mode", "offline") != "disabled":
+        from lightning.pytorch.loggers import WandbLogger
+
+        w = params["wandb"]
+        os.environ.setdefault("WANDB_MODE", w.get("mode", "offline"))
+        loggers.append(WandbLogger(project=w["project"], group=w["group"], job_type="pretrain",
+                                   name=f"pretrain-{size}", save_dir=".", config={
+                                       "size": size, "parameters": count_parameters(module.encoder),
+                                       **cfg.to_dict(), **p}))
+    trainer = L.Trainer(
+        max_steps=p["max_steps"], max_epochs=-1, max_time={"minutes": p["max_minutes"]},
+        precision=resolve_precision(p["precision"]), gradient_clip_val=p["grad_clip"],
+        accelerator="auto", devices=p["devices"], num_nodes=p["num_nodes"], strategy=p["strategy"],
+        use_distributed_sampler=False, logger=loggers, log_every_n_steps=max(1, min(10, p["max_steps"] // 10)), enable_model_summary=False,
+        callbacks=[ModelCheckpoint(dirpath=ckpt_dir, every_n_train_steps=p["checkpoint_every"], save_last=True,
+                                   save_top_k=0), CrashAt()],
+    )
+    start = time.time()
+    trainer.fit(module, datamodule=Data(), ckpt_path=str(last) if last.exists() else None)
+    wall = time.time() - start
+    if params.get("wandb", {}).get("mode", "offline") != "disabled":
+        import wandb
+
+        wandb.finish()
+    if trainer.global_rank != 0:
+        return {}
+    trainer.save_checkpoint(str(last))  # the final state, so a longer run can resume from it
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("train/")}
+    summary = {"size": size, "steps": trainer.global_step, "wall_seconds": round(wall, 1),
+               "parameters": count_parameters(module.encoder), "objective": p["objective"], **metrics}
+    export(module, size, p["objective"], trainer.global_step, out / "model.pt")
+    write_json(out / "metrics.json", summary)
+    hist = out / "logs" / "metrics.csv"
+    if hist.exists():
+        shutil.copyfile(hist, out / "history.csv")
+    return summary
+
+
+def export(module, size: str, objective: str, steps: int, path: Path) -> None:
+    """Everything extraction needs, loadable with `torch.load(weights_only=True)`: tensors and plain types."""
+    blob = {
+        "format": FORMAT, "size": size, "objective": objective, "steps": steps,
+        "encoder_config": module.cfg.to_dict(),
+        "encoder": {k: v.detach().cpu() for k, v in module.encoder.state_dict().items()},
+        "quantizer": {k: v.detach().cpu() for k, v in module.quantizer.state_dict().items()},
+        "head": {k: v.detach().cpu() for k, v in module.head.state_dict().items()},
+        "stack": STACK,
+    }
+    with atomic_path(path) as tmp:
+        torch.save(blob, tmp)

@@ -1,0 +1,24 @@
+"""Stage `pretrain@<size>`: self-supervised pretraining (BEST-RQ or HuBERT-style targets) of one encoder size."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from labelbudget.config import load_params
+from labelbudget.pretraining import pretrain
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("size", help="a key of params `models` listed in `ssl_sizes`, e.g. small or large")
+    args = ap.parse_args()
+    params = load_params()
+    summary = pretrain(args.size, params, Path("models/pretrain") / args.size)
+    if summary:
+        print(json.dumps(summary, indent=2))
+
+
+if __name__ == "__main__":
+    main()
