@@ -118,7 +118,8 @@ def pretrain(size: str, params: dict, out: Path, corpus_dir: Path = Path("data/c
         max_steps=p["max_steps"], max_epochs=-1, max_time={"minutes": p["max_minutes"]},
         precision=resolve_precision(p["precision"]), gradient_clip_val=p["grad_clip"],
         accelerator="auto", devices=p["devices"], num_nodes=p["num_nodes"], strategy=p["strategy"],
-        use_distributed_sampler=False, logger=loggers, log_every_n_steps=max(1, min(10, p["max_steps"] // 10)), enable_model_summary=False,
+        use_distributed_sampler=False, logger=loggers, enable_model_summary=False,
+        log_every_n_steps=max(1, min(10, p["max_steps"] // 10)),
         callbacks=[ModelCheckpoint(dirpath=ckpt_dir, every_n_train_steps=p["checkpoint_every"], save_last=True,
                                    save_top_k=0), CrashAt()],
     )
@@ -129,9 +130,9 @@ def pretrain(size: str, params: dict, out: Path, corpus_dir: Path = Path("data/c
         import wandb
 
         wandb.finish()
+    trainer.save_checkpoint(str(last))  # the final state, so a longer run can resume (collective under DDP)
     if trainer.global_rank != 0:
         return {}
-    trainer.save_checkpoint(str(last))  # the final state, so a longer run can resume from it
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("train/")}
     summary = {"size": size, "steps": trainer.global_step, "wall_seconds": round(wall, 1),
                "parameters": count_parameters(module.encoder), "objective": p["objective"], **metrics}

@@ -1,0 +1,129 @@
+"""Pretraining resumes exactly and runs under DDP; extraction is resumable, layer-limited and checkpoint-safe."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from tiny_corpus import build
+
+from labelbudget.extraction import CheckpointError, extract_part, load_upstream, resolve_layers
+from labelbudget.featstore import FeatureStore
+from labelbudget.pretraining import pretrain
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def params(**pretrain_overrides) -> dict:
+    p = yaml.safe_load((REPO / "profiles" / "smoke.yaml").read_text())
+    p["wandb"]["mode"] = "disabled"
+    p["pretrain"].update({"max_steps": 6, "checkpoint_every": 2, "warmup_steps": 2, "batch_seconds": 6},
+                         **pretrain_overrides)
+    return p
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    return build(tmp_path_factory.mktemp("corpus"))
+
+
+def encoder_weights(path: Path) -> dict[str, torch.Tensor]:
+    return torch.load(path, weights_only=True)["encoder"]
+
+
+def test_killed_run_resumes_to_the_same_step_and_weights(tmp_path, corpus):
+    p = params()
+    whole = pretrain("small", p, tmp_path / "whole", corpus.dir)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        pretrain("small", p, tmp_path / "resumed", corpus.dir, fail_at_step=3)
+    assert (tmp_path / "resumed" / "checkpoints" / "last.ckpt").exists()
+    resumed = pretrain("small", p, tmp_path / "resumed", corpus.dir)
+    assert resumed["steps"] == whole["steps"] == 6
+    a, b = encoder_weights(tmp_path / "whole" / "model.pt"), encoder_weights(tmp_path / "resumed" / "model.pt")
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def test_checkpoints_of_another_config_are_not_resumed(tmp_path, corpus):
+    pretrain("small", params(), tmp_path, corpus.dir)
+    summary = pretrain("small", params(lr=0.01, max_steps=3), tmp_path, corpus.dir)
+    assert summary["steps"] == 3  # started over instead of resuming at step 6
+
+
+def test_hubert_objective_trains_on_kmeans_targets(tmp_path, corpus):
+    summary = pretrain("small", params(objective="hubert", kmeans_clusters=16, kmeans_utterances=8,
+                                       max_steps=3), tmp_path, corpus.dir)
+    blob = torch.load(tmp_path / "model.pt", weights_only=True)
+    assert blob["quantizer"]["centroids"].shape[0] == 16 and summary["objective"] == "hubert"
+
+
+@pytest.mark.slow
+def test_pretraining_runs_with_two_ddp_processes_on_cpu(tmp_path, corpus):
+    p = params(devices=2, strategy="ddp", max_steps=3)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(p))
+    (tmp_path / "data").mkdir()
+    os.symlink(corpus.dir, tmp_path / "data" / "corpus")
+    env = {**os.environ, "WANDB_MODE": "disabled", "PL_DISABLE_FORK": "1"}
+    r = subprocess.run([sys.executable, str(REPO / "stages" / "pretrain.py"), "small"], cwd=tmp_path, env=env,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert '"steps": 3' in r.stdout
+    assert (tmp_path / "models" / "pretrain" / "small" / "model.pt").exists()
+
+
+@pytest.fixture(scope="module")
+def pretrained(tmp_path_factory, corpus):
+    out = tmp_path_factory.mktemp("models")
+    pretrain("small", params(max_steps=2), out / "small", corpus.dir)
+    return out
+
+
+def test_extraction_keeps_requested_layers_in_float16(tmp_path, corpus, pretrained):
+    up = load_upstream("small", params(), pretrained)
+    layers = resolve_layers([1], up)
+    extract_part(up, corpus, "test-clean", tmp_path, layers, 10, 4, torch.device("cpu"))
+    store = FeatureStore(tmp_path)
+    assert len(store) == 6 and store.meta["layers"] == [1]
+    x = store[store.ids[0]]
+    assert x.dtype == np.float16 and x.shape[1:] == (1, up.dim)
+
+
+def test_half_written_shard_is_redone_and_complete_ones_reused(tmp_path, corpus, pretrained):
+    up = load_upstream("fbank", params(), pretrained)
+    first = extract_part(up, corpus, "labeled", tmp_path, [0], 10, 8, torch.device("cpu"))
+    reference = {i: np.array(v) for i, v in FeatureStore(tmp_path).items()}
+    shard = tmp_path / "shard-00001.npy"
+    shard.write_bytes(shard.read_bytes()[:100])  # a crash mid-write
+    again = extract_part(up, corpus, "labeled", tmp_path, [0], 10, 8, torch.device("cpu"))
+    assert first["reused_shards"] == 0 and again["reused_shards"] == first["shards"] - 1
+    for i, v in FeatureStore(tmp_path).items():
+        assert np.array_equal(v, reference[i])
+
+
+def test_features_of_another_checkpoint_are_discarded_not_mixed(tmp_path, corpus, pretrained):
+    extract_part(load_upstream("fbank", params(), pretrained), corpus, "test-clean", tmp_path, [0], 10, 2,
+                 torch.device("cpu"))
+    up = load_upstream("small", params(), pretrained)
+    summary = extract_part(up, corpus, "test-clean", tmp_path, [0, 1], 10, 2, torch.device("cpu"))
+    assert summary["reused_shards"] == 0
+    assert FeatureStore(tmp_path).meta["checkpoint_sha256"] == up.checkpoint
+
+
+def test_missing_truncated_or_mismatched_checkpoint_is_named(tmp_path, pretrained):
+    with pytest.raises(CheckpointError, match="missing"):
+        load_upstream("large", params(), pretrained)
+    bad = tmp_path / "small"
+    bad.mkdir()
+    (bad / "model.pt").write_bytes((pretrained / "small" / "model.pt").read_bytes()[:500])
+    with pytest.raises(CheckpointError, match=r"small/model.pt: unreadable"):
+        load_upstream("small", params(), tmp_path)
+    p = params()
+    p["models"]["small"]["dim"] = 96
+    with pytest.raises(CheckpointError, match=r"dim: checkpoint 64 vs params 96"):
+        load_upstream("small", p, pretrained)

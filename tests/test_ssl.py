@@ -1,0 +1,90 @@
+"""BEST-RQ pitfalls seen in public reimplementations, and the HuBERT-style k-means targets."""
+
+from __future__ import annotations
+
+import torch
+
+from labelbudget.encoder import Encoder, EncoderConfig
+from labelbudget.logmel import LogMel, normalize
+from labelbudget.ssl import KMeansQuantizer, RandomProjectionQuantizer, make_ssl_module, span_mask
+
+P = {"lr": 1e-3, "weight_decay": 0.01, "warmup_steps": 1, "max_steps": 10, "mask_prob": 0.15, "mask_span": 4,
+     "codebook_size": 32, "codebook_dim": 8}
+CFG = EncoderConfig(layers=2, dim=32, heads=2, ff_mult=2, conv_channels=32, n_mels=40)
+
+
+def test_normalize_uses_time_axis_and_excludes_padding():
+    torch.manual_seed(0)
+    short = torch.randn(1, 30, 40) * 3 + 5
+    padded = torch.cat([short, torch.full((1, 20, 40), 100.0)], dim=1)
+    batch = torch.cat([padded, torch.randn(1, 50, 40)])
+    out = normalize(batch, torch.tensor([30, 50]))
+    alone = normalize(short, torch.tensor([30]))
+    assert torch.allclose(out[0, :30], alone[0], atol=1e-5)  # padding did not leak into the statistics
+    assert torch.all(out[0, 30:] == 0)
+    assert torch.allclose(out[0, :30].mean(0), torch.zeros(40), atol=1e-4)  # per channel, over time
+    assert torch.allclose(out[0, :30].std(0, unbiased=False), torch.ones(40), atol=1e-3)
+
+
+def test_projection_and_codebook_unchanged_by_an_optimizer_step():
+    import lightning as L
+
+    module = make_ssl_module(CFG, P, seed=0)
+    before = {k: v.clone() for k, v in module.quantizer.state_dict().items()}
+    assert not any(p is module.quantizer.projection for p in module.parameters())
+    trainer = L.Trainer(max_steps=2, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False)
+    wav = torch.randn(4, 16000)
+    data = torch.utils.data.DataLoader([(wav[i], torch.tensor(16000)) for i in range(4)], batch_size=2)
+    encoder_before = module.encoder.layers[0].linear1.weight.clone()
+    trainer.fit(module, data)
+    assert not torch.equal(encoder_before, module.encoder.layers[0].linear1.weight)  # training happened
+    for k, v in module.quantizer.state_dict().items():
+        assert torch.equal(v, before[k]), k
+
+
+def test_quantizer_identical_after_checkpoint_round_trip(tmp_path):
+    module = make_ssl_module(CFG, P, seed=3)
+    torch.save(module.state_dict(), tmp_path / "m.ckpt")
+    other = make_ssl_module(CFG, P, seed=4)  # a different seed draws a different codebook...
+    assert not torch.equal(other.quantizer.codebook, module.quantizer.codebook)
+    other.load_state_dict(torch.load(tmp_path / "m.ckpt", weights_only=True))  # ...until restored
+    assert torch.equal(other.quantizer.codebook, module.quantizer.codebook)
+    assert torch.equal(other.quantizer.projection, module.quantizer.projection)
+
+
+def test_codebook_is_unit_norm_and_targets_cover_many_codes():
+    q = RandomProjectionQuantizer(160, 64, 16, seed=0)
+    assert torch.allclose(q.codebook.norm(dim=-1), torch.ones(64), atol=1e-5)
+    targets = q(torch.randn(1, 2000, 160))
+    assert targets.unique().numel() > 32
+
+
+def test_mask_rate_matches_prob_and_span_and_spares_padding():
+    lengths = torch.tensor([4000, 2000])
+    mask = span_mask(lengths, prob=0.15, span=4, generator=torch.Generator().manual_seed(0))
+    share = mask[0].float().mean().item()
+    expected = 1 - (1 - 0.15) ** 4  # a frame is masked if any of the 4 starts covering it fired
+    assert abs(share - expected) < 0.03
+    assert not mask[1, 2000:].any()
+
+
+def test_kmeans_recovers_well_separated_clusters():
+    g = torch.Generator().manual_seed(0)
+    centers = torch.tensor([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0]])
+    frames = torch.cat([c + 0.3 * torch.randn(200, 2, generator=g) for c in centers])
+    q = KMeansQuantizer(KMeansQuantizer.fit(frames, 3, seed=0))
+    labels = q(frames[None])[0]
+    for k in range(3):
+        assert labels[k * 200 : (k + 1) * 200].unique().numel() == 1
+    assert labels.unique().numel() == 3
+
+
+def test_encoder_stops_at_the_highest_requested_layer():
+    enc = Encoder(CFG).eval()
+    calls = []
+    for layer in enc.layers:
+        layer.register_forward_hook(lambda *_: calls.append(1))
+    feats, lens = LogMel(40)(torch.randn(1, 16000), torch.tensor([16000]))
+    hidden, _ = enc(normalize(feats, lens), lens, max_layer=1)
+    assert len(hidden) == 2 and len(calls) == 1
