@@ -52,7 +52,11 @@ class Corpus:
         return self.root / row["audio"]
 
     def save_meta(self) -> None:
-        root = self.root if self.root.is_absolute() else Path(_rel(self.root, self.dir))
+        # Audio inside the corpus directory is recorded relative to it, so the directory can move (DVC cache).
+        try:
+            root = self.root.resolve().relative_to(self.dir.resolve())
+        except ValueError:
+            root = self.root.resolve()
         write_json(
             self.dir / "corpus.json",
             {
@@ -80,12 +84,6 @@ class Corpus:
             held_out_speakers=list(meta.get("held_out_speakers", [])),
             source=meta.get("source", "unknown"),
         )
-
-
-def _rel(path: Path, start: Path) -> str:
-    import os
-
-    return os.path.relpath(path, start)
 
 
 def write_manifest(path: str | Path, rows: list[dict]) -> None:

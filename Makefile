@@ -1,0 +1,35 @@
+# Two entry points, each sets itself up on a fresh machine:
+#   make experiment   run the default experiment end to end (DVC pipeline driven by Prefect)
+#   make test         run the test suite (what CI runs)
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+# Offline by default: no telemetry, W&B run files written locally (sync later with `wandb sync`).
+export WANDB_MODE ?= offline
+export DO_NOT_TRACK := 1
+export PREFECT_SERVER_ANALYTICS_ENABLED := false
+export GX_ANALYTICS_ENABLED := false
+export PREFECT_HOME ?= $(CURDIR)/.prefect
+
+.PHONY: experiment test lint install
+
+install: $(STAMP)
+
+# torch first, from the pinned CPU wheel, so that no dependency pulls a multi-GB CUDA build.
+$(STAMP): pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e '.[dev]'
+	$(VENV)/bin/dvc config --local core.analytics false
+	touch $@
+
+experiment: $(STAMP)
+	$(VENV)/bin/labelbudget run --profile default
+
+test: $(STAMP)
+	$(PY) -m pytest
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
