@@ -6,7 +6,6 @@ from math import gcd
 from pathlib import Path
 
 import numpy as np
-import soundfile as sf
 from scipy import signal
 
 SAMPLE_RATE = 16000
@@ -18,6 +17,8 @@ class AudioDecodeError(RuntimeError):
 
 def load(path: str | Path, *, mono: bool = False) -> tuple[np.ndarray, int]:
     """Decode a file to float32 in [-1, 1]; shape (samples,) for mono, (samples, channels) otherwise."""
+    import soundfile as sf  # imported here so GPU hosts without libsndfile can still import the library
+
     path = Path(path)
     try:
         data, sr = sf.read(str(path), dtype="float32", always_2d=True)
@@ -33,11 +34,15 @@ def load(path: str | Path, *, mono: bool = False) -> tuple[np.ndarray, int]:
 
 def info(path: str | Path) -> tuple[int, int, int]:
     """(sample_rate, channels, frames) from the header."""
+    import soundfile as sf
+
     i = sf.info(str(path))
     return i.samplerate, i.channels, i.frames
 
 
 def save(path: str | Path, wav: np.ndarray, sr: int = SAMPLE_RATE) -> None:
+    import soundfile as sf
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     sf.write(str(path), np.clip(wav, -1.0, 1.0), sr, subtype="PCM_16", format="FLAC")

@@ -34,3 +34,16 @@ def use_profile(name: str, root: Path = ROOT) -> Path:
     dst = root / PARAMS
     shutil.copyfile(src, dst)
     return dst
+
+
+def configure_threads() -> int:
+    """Torch threads for this stage process: `LABELBUDGET_THREADS` when set (the flow sets cores / concurrency:
+    on 2 cores two 2-thread jobs side by side spin-wait on each other and run ~10x slower), else torch's default."""
+    import os
+
+    import torch
+
+    n = int(os.environ.get("LABELBUDGET_THREADS", "0") or 0)
+    if n > 0:
+        torch.set_num_threads(n)
+    return torch.get_num_threads()

@@ -116,7 +116,7 @@ def make_ssl_module(cfg: EncoderConfig, p: dict, seed: int, quantizer: nn.Module
 
         def configure_optimizers(self):
             opt = torch.optim.AdamW(self.parameters(), lr=p["lr"], weight_decay=p["weight_decay"],
-                                    betas=(0.9, 0.98))
+                                    betas=(0.9, 0.98), fused=True)  # one kernel, not ~10 per tensor
             warm, total = max(1, p["warmup_steps"]), max(p["max_steps"], p["warmup_steps"] + 1)
 
             def lr_at(step: int) -> float:  # linear warmup, cosine decay to 5%
@@ -128,19 +128,17 @@ def make_ssl_module(cfg: EncoderConfig, p: dict, seed: int, quantizer: nn.Module
             sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
             return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
-        def training_step(self, batch, _idx):
-            wav, lengths = batch
-            step = self.global_step
+        def ssl_loss(self, wav: torch.Tensor, lengths: torch.Tensor, step: int, rank: int = 0):
+            """Masked-prediction loss of one batch and its diagnostics."""
             # Masks and dropout depend only on (seed, step, rank): a resumed run repeats them exactly.
-            torch.manual_seed(self.seed * 1_000_003 + step * 101 + self.global_rank)
-            gen = torch.Generator().manual_seed(self.seed + 7919 * step + self.global_rank)
+            torch.manual_seed(self.seed * 1_000_003 + step * 101 + rank)
+            gen = torch.Generator().manual_seed(self.seed + 7919 * step + rank)
             feats, flens = self.logmel(wav, lengths)
             feats = normalize(feats, flens)
             out_len = subsampled_lengths(flens)
             t_out = int(out_len.max())
             targets = self.quantizer(stack_frames(feats, t_out))
             mask = span_mask(out_len, p["mask_prob"], p["mask_span"], gen).to(feats.device)
-
             # Mask the input frames under each masked encoder frame, filled with small noise (BEST-RQ):
             # masking after the front end would leak the frame into its neighbours' convolutions.
             in_mask = mask.repeat_interleave(STACK, dim=1)[:, : feats.shape[1], None]
@@ -151,17 +149,21 @@ def make_ssl_module(cfg: EncoderConfig, p: dict, seed: int, quantizer: nn.Module
             loss = F.cross_entropy(logits[m].float(), targets[m])
             with torch.no_grad():
                 acc = (logits[m].argmax(-1) == targets[m]).float().mean()
-                valid = targets[length_mask(out_len, t_out)]
-                counts = torch.bincount(valid, minlength=self.quantizer.num_targets).float()
+                valid_mask = length_mask(out_len, t_out)
+                counts = torch.bincount(targets[valid_mask], minlength=self.quantizer.num_targets).float()
                 probs = counts / counts.sum()
                 ppl = torch.exp(-(probs[probs > 0] * probs[probs > 0].log()).sum())
-                secs = float(lengths.sum()) / 16000
-                pad = 1 - float(lengths.sum()) / (lengths.max().item() * len(lengths))
-            self.log_dict({"train/loss": loss, "train/masked_acc": acc,
-                           "train/target_usage": (counts > 0).float().mean(), "train/target_ppl": ppl,
-                           "train/mask_share": m.float().sum() / length_mask(out_len, t_out).sum(),
-                           "train/padding_share": pad, "train/audio_seconds": secs,
-                           "train/lr": self.optimizers().param_groups[0]["lr"]},
+                stats = {"train/masked_acc": acc, "train/target_usage": (counts > 0).float().mean(),
+                         "train/target_ppl": ppl, "train/mask_share": m.float().sum() / valid_mask.sum(),
+                         "train/padding_share": 1 - lengths.sum() / (lengths.max() * len(lengths)),
+                         "train/audio_seconds": lengths.sum() / 16000.0}
+            return loss, stats
+
+        def training_step(self, batch, _idx):
+            wav, lengths = batch
+            loss, stats = self.ssl_loss(wav, lengths, self.global_step, self.global_rank)
+            acc = stats["train/masked_acc"]
+            self.log_dict({"train/loss": loss, **stats, "train/lr": self.optimizers().param_groups[0]["lr"]},
                           prog_bar=False, on_step=True, batch_size=len(lengths))
             self.log("loss", loss, prog_bar=True, logger=False, batch_size=len(lengths))
             self.log("acc", acc, prog_bar=True, logger=False, batch_size=len(lengths))

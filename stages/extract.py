@@ -9,7 +9,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from labelbudget.config import load_params
+from labelbudget.config import configure_threads, load_params
 from labelbudget.extraction import extract_part, load_upstream, resolve_device, resolve_layers
 from labelbudget.io import write_json
 from labelbudget.manifest import Corpus
@@ -20,6 +20,7 @@ def main() -> None:
     ap.add_argument("upstream", help="an SSL size from params `ssl_sizes`, or `fbank` / `random`")
     args = ap.parse_args()
     params = load_params()
+    configure_threads()
     p = params["extract"]
     corpus = Corpus.load("data/corpus")
     up = load_upstream(args.upstream, params)

@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from labelbudget.config import load_params
+from labelbudget.config import configure_threads, load_params
 from labelbudget.pretraining import pretrain
 
 
@@ -15,6 +15,7 @@ def main() -> None:
     ap.add_argument("size", help="a key of params `models` listed in `ssl_sizes`, e.g. small or large")
     args = ap.parse_args()
     params = load_params()
+    configure_threads()
     summary = pretrain(args.size, params, Path("models/pretrain") / args.size)
     if summary:
         print(json.dumps(summary, indent=2))
