@@ -24,7 +24,8 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--utterance-seconds", type=float, default=4.0)
-    ap.add_argument("--batch-seconds", type=float, default=None, help="default: params pretrain.batch_seconds")
+    ap.add_argument("--batch-seconds", type=float, default=None,
+                    help="default: params pretrain.batch_seconds")
     args = ap.parse_args()
     params = load_profile(args.profile)
     device = torch.device(args.device)
@@ -37,31 +38,34 @@ def main() -> None:
     in_frames = int(LogMel.frames(wav.shape[1]))
     flops = encoder_flops(cfg, len(wav), in_frames, module.quantizer.num_targets)
 
-    def step(k: int) -> None:
+    def step(k: int) -> float:
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
             loss, _ = module.ssl_loss(wav, lengths, k)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+        return loss.detach()
 
     for k in range(3):
         step(k)
     sync(device)
     t = time.perf_counter()
     for k in range(args.steps):
-        step(k)
+        loss = step(k)
     sync(device)
     dt = (time.perf_counter() - t) / args.steps
     dtype = torch.bfloat16 if bf16 else torch.float32
     peak = gemm_peak(device, dtype)
     audio = float(lengths.sum()) / 16000
-    print(f"device {device} ({torch.cuda.get_device_name() if bf16 else f'{torch.get_num_threads()} threads'}), "
-          f"{'bf16 autocast' if bf16 else 'fp32'}; model {args.size}: {count_parameters(module.encoder) / 1e6:.1f}M "
-          f"encoder parameters; batch {len(wav)} x {args.utterance_seconds:.0f} s")
+    where = torch.cuda.get_device_name() if bf16 else f"{torch.get_num_threads()} threads"
+    print(f"device {device} ({where}), {'bf16 autocast' if bf16 else 'fp32'}; model {args.size}: "
+          f"{count_parameters(module.encoder) / 1e6:.1f}M encoder parameters; "
+          f"batch {len(wav)} x {args.utterance_seconds:.0f} s")
     print(f"  step time        {dt * 1000:9.1f} ms  ({1 / dt:.2f} steps/s, {audio / dt:.0f} audio-s/s)")
     print(f"  model FLOPs/step {flops / 1e9:9.2f} GFLOP -> {flops / dt / 1e12:.3f} TFLOP/s")
     print(f"  GEMM peak        {peak / 1e12:9.3f} TFLOP/s ({dtype}, measured now)")
-    print(f"  MFU              {flops / dt / peak * 100:9.1f} %")
+    print(f"  MFU              {flops / dt / peak * 100:9.1f} %   (last loss {float(loss):.3f}, finite: "
+          f"{bool(torch.isfinite(loss))})")
 
 
 if __name__ == "__main__":

@@ -87,3 +87,16 @@ class Encoder(nn.Module):
 
 def count_parameters(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
+
+
+def size_report(models: dict, names: list[str], n_mels: int = 80) -> list[dict]:
+    """Parameter count and memory estimate of each named size, instantiated on the meta device (no memory)."""
+    rows = []
+    for name in names:
+        cfg = EncoderConfig.from_params(models[name], n_mels)
+        with torch.device("meta"):
+            n = count_parameters(Encoder(cfg))
+        rows.append({"size": name, "layers": cfg.layers, "dim": cfg.dim, "parameters": n,
+                     # AdamW training: fp32 weights + grads + two moments = 16 bytes per parameter
+                     "train_state_gib": n * 16 / 2**30, "bf16_weights_gib": n * 2 / 2**30})
+    return rows
