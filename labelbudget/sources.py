@@ -1,4 +1,5 @@
-"""Real corpora into the same manifests as the synthesized one: LibriSpeech / Libri-light, Common Voice, CSV/JSONL.
+"""Real corpora into the same manifests as the synthesized corpus: LibriSpeech / Libri-light, Common Voice,
+and a generic CSV/JSONL manifest.
 
 `ingest(source, cfg, out)` reads `params.yaml: corpus.ingest`:
 
@@ -24,7 +25,6 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-import soundfile as sf
 from tqdm import tqdm
 
 from labelbudget import audio
@@ -43,29 +43,33 @@ Reader = Callable[[Path, str, bool], list[dict]]
 
 def ingest(source: str, cfg: dict, out: Path) -> Corpus:
     """Write `out/manifests/<part>.jsonl` and `out/corpus.json` for a real corpus; return the Corpus."""
-    readers: dict[str, Reader] = {"librispeech": _librispeech, "commonvoice": _commonvoice, "manifest": _manifest}
+    readers: dict[str, Reader] = {"librispeech": _librispeech, "commonvoice": _commonvoice,
+                                  "manifest": _manifest}
     if source not in readers:
-        raise ValueError(f"params corpus.source: unknown {source!r}; choose synth or one of {', '.join(SOURCES)}")
+        raise ValueError(f"params corpus.source: unknown {source!r}; choose synth or one of "
+                         f"{', '.join(SOURCES)}")
     root = _root(cfg)
     out = Path(out)
     plan = _plan(cfg)
     reader = readers[source]
 
-    corpus = Corpus(dir=out, root=root, tests=[p.removeprefix(TEST_PREFIX) for p in plan if p.startswith(TEST_PREFIX)],
-                    source=source)
+    tests = [p.removeprefix(TEST_PREFIX) for p in plan if p.startswith(TEST_PREFIX)]
+    corpus = Corpus(dir=out, root=root, tests=tests, source=source)
     unreadable = 0
     speakers_in_tests: set[str] = set()
     for part, subsets in plan.items():
         rows = [r for subset in subsets for r in reader(root, subset, part != corpus.unlabeled)]
         if not rows:
-            raise ValueError(f"corpus.ingest: part {part!r} is empty: {subsets} under {root} hold no utterances")
+            raise ValueError(f"corpus.ingest: part {part!r} is empty: {subsets} under {root} hold no "
+                             "utterances")
         unreadable += _add_header_fields(rows, root, desc=part)
         if part.startswith(TEST_PREFIX):
             speakers_in_tests.update(r["speaker"] for r in rows)
         write_manifest(corpus.manifest_path(part), rows)
 
     held_out = cfg.get("held_out_speakers") or []
-    corpus.held_out_speakers = sorted(speakers_in_tests) if held_out == "tests" else [str(s) for s in held_out]
+    corpus.held_out_speakers = (sorted(speakers_in_tests) if held_out == "tests"
+                                else [str(s) for s in held_out])
     corpus.save_meta()
     if unreadable:
         print(f"warning: {unreadable} audio file(s) are missing or unreadable; the validate stage lists them",
@@ -93,14 +97,16 @@ def _plan(cfg: dict) -> dict[str, list[str]]:
     plan = {"unlabeled": _as_list(cfg.get("unlabeled")), "labeled": _as_list(cfg.get("labeled"))}
     for name, subsets in (cfg.get("tests") or {}).items():
         if not _TEST_NAME.fullmatch(str(name)):
-            raise ValueError(f"params corpus.ingest.tests: name {name!r} may only use letters, digits, '_', '-', '.'")
+            raise ValueError(f"params corpus.ingest.tests: name {name!r} may only use letters, digits, "
+                             "'_', '-', '.'")
         plan[TEST_PREFIX + str(name)] = _as_list(subsets)
     for part, subsets in plan.items():
         if not subsets:
             key = f"tests.{part.removeprefix(TEST_PREFIX)}" if part.startswith(TEST_PREFIX) else part
             raise ValueError(f"params corpus.ingest.{key} names no subset")
     if len(plan) == 2:
-        raise ValueError("params corpus.ingest.tests is empty: name at least one test set, e.g. {clean: test-clean}")
+        raise ValueError("params corpus.ingest.tests is empty: name at least one test set, "
+                         "e.g. {clean: test-clean}")
     return plan
 
 
@@ -113,7 +119,7 @@ def _add_header_fields(rows: list[dict], root: Path, desc: str) -> int:
     for r in tqdm(rows, desc=f"read headers {desc}", unit="file", leave=False):
         try:
             sr, _, frames = audio.info(root / r["audio"])
-        except (RuntimeError, OSError):  # soundfile's errors for missing, truncated or unknown files
+        except RuntimeError:  # soundfile's error for missing, truncated or unknown files
             sr, frames, bad = 0, 0, bad + 1
         r["sample_rate"] = sr
         if r.get("duration") is None:
@@ -147,7 +153,8 @@ def _librispeech(root: Path, subset: str, transcribed: bool) -> list[dict]:
                 texts[trans.parent / f"{utt}.flac"] = text.strip()
     if transcribed:
         if not texts:
-            raise FileNotFoundError(f"{d}: no *.trans.txt transcripts; not a LibriSpeech-layout subset with labels")
+            raise FileNotFoundError(f"{d}: no *.trans.txt transcripts; not a LibriSpeech-layout subset "
+                                    "with labels")
         files = list(texts)  # listed utterances, even if the audio is missing: validation names those
     else:
         files = sorted(p for p in d.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES and p.is_file())
@@ -166,6 +173,8 @@ def _librispeech(root: Path, subset: str, transcribed: bool) -> list[dict]:
 
 
 def mp3_supported() -> bool:
+    import soundfile as sf  # lazy, like labelbudget.audio
+
     return "MP3" in sf.available_formats()
 
 
@@ -185,14 +194,17 @@ def _commonvoice(root: Path, name: str, transcribed: bool) -> list[dict]:
     rows = []
     for rec in table:
         clip = rec["path"] if Path(rec["path"]).suffix else rec["path"] + ".mp3"
-        rows.append({"id": Path(clip).stem, "audio": f"clips/{clip}", "text": (rec.get("sentence") or "").strip(),
+        rows.append({"id": Path(clip).stem, "audio": f"clips/{clip}",
+                     "text": (rec.get("sentence") or "").strip(),
                      "speaker": rec.get("client_id") or UNKNOWN_SPEAKER, "domain": tsv.stem})
     if any(r["audio"].lower().endswith(".mp3") for r in rows) and not mp3_supported():
+        import soundfile as sf
+
         raise audio.AudioDecodeError(
             f"{root / 'clips'}: Common Voice clips are MP3, but soundfile {sf.__version__} (libsndfile "
-            f"{sf.__libsndfile_version__}) cannot decode MP3. Install soundfile >= 0.12.1, whose wheels bundle "
-            "libsndfile >= 1.1 with MP3 support (`pip install -U soundfile`), or convert the clips to FLAC "
-            "(e.g. with ffmpeg) and ingest them with `source: manifest`."
+            f"{sf.__libsndfile_version__}) cannot decode MP3. Install soundfile >= 0.12.1, whose wheels "
+            "bundle libsndfile >= 1.1 with MP3 support (`pip install -U soundfile`), or convert the clips to "
+            "FLAC (e.g. with ffmpeg) and ingest them with `source: manifest`."
         )
     return rows
 
@@ -224,14 +236,24 @@ def _manifest(root: Path, name: str, transcribed: bool) -> list[dict]:
                              "optional speaker, duration, id)")
         # Paths are kept as written (relative to the root); absolute ones are made relative, which may give
         # `../...` for audio outside the root: validation reports those rather than this stage guessing.
-        rel = Path(os.path.relpath(rec["audio"], root)) if Path(rec["audio"]).is_absolute() else Path(rec["audio"])
-        duration = rec.get("duration")
+        rel = Path(rec["audio"])
+        if rel.is_absolute():
+            rel = Path(os.path.relpath(rel, root))
         rows.append({
             "id": str(rec.get("id") or rel.with_suffix("").as_posix().replace("/", "-")),
             "audio": rel.as_posix(),
             "text": str(rec.get("text") or ""),
             "speaker": str(rec.get("speaker") or UNKNOWN_SPEAKER),
             "domain": path.stem,
-            "duration": float(duration) if duration not in (None, "") else None,
+            "duration": _declared_duration(rec.get("duration"), path, lineno),
         })
     return rows
+
+
+def _declared_duration(value: object, path: Path, lineno: int) -> float | None:
+    if value in (None, ""):
+        return None
+    try:
+        return float(value)  # type: ignore[arg-type]
+    except ValueError:
+        raise ValueError(f"{path}: row {lineno}: duration {value!r} is not a number of seconds") from None

@@ -1,0 +1,37 @@
+"""Stage `validate`: the Great Expectations gate over data/corpus; failing it stops the pipeline before
+any training."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from labelbudget.config import load_params
+from labelbudget.manifest import Corpus
+from labelbudget.validation import validate_corpus, write_report
+
+CORPUS = Path("data/corpus")
+OUT = Path("data/validation")
+
+
+def main() -> int:
+    argparse.ArgumentParser(description=__doc__).parse_args()
+    cfg = load_params()["validate"]
+    start = time.time()
+    report = validate_corpus(Corpus.load(CORPUS), cfg)
+    summary = write_report(report, OUT, max_rows=cfg["report_rows"])
+    rules = len(report["rules"])
+    if not report["passed"]:
+        print(summary)
+        print(f"validation FAILED: {len(report['failed_rules'])} of {rules} rules; see {OUT}/summary.md",
+              file=sys.stderr)
+        return 1
+    print(f"validation passed: {rules} rules over {sum(report['parts'].values())} utterances "
+          f"in {time.time() - start:.1f} s; report in {OUT}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
