@@ -8,7 +8,6 @@ from typing import Any
 
 import yaml
 
-ROOT = Path(__file__).resolve().parent.parent
 PARAMS = "params.yaml"
 PROFILES_DIR = "profiles"
 
@@ -21,13 +20,24 @@ def load_params(path: str | Path = PARAMS) -> dict[str, Any]:
         return yaml.safe_load(f)
 
 
-def available_profiles(root: Path = ROOT) -> list[str]:
+def project_root(start: Path | None = None) -> Path:
+    """The nearest directory holding dvc.yaml, from the working directory up (the project being run)."""
+    start = (start or Path.cwd()).resolve()
+    for d in (start, *start.parents):
+        if (d / "dvc.yaml").exists():
+            return d
+    raise FileNotFoundError(f"no dvc.yaml in {start} or above: run labelbudget inside the project")
+
+
+def available_profiles(root: Path | None = None) -> list[str]:
+    root = root or project_root()
     return sorted(p.stem for p in (root / PROFILES_DIR).glob("*.yaml"))
 
 
-def use_profile(name: str, root: Path = ROOT) -> Path:
+def use_profile(name: str, root: Path | None = None) -> Path:
     """Copy `profiles/<name>.yaml` onto `params.yaml`: DVC tracks only params.yaml, so this re-runs exactly the
     stages whose parameters differ."""
+    root = root or project_root()
     src = root / PROFILES_DIR / f"{name}.yaml"
     if not src.exists():
         raise ValueError(f"unknown profile {name!r}; available: {', '.join(available_profiles(root))}")
