@@ -13,9 +13,15 @@ def main(argv: list[str] | None = None) -> int:
         "Runs the sample-efficiency experiment as a DVC pipeline driven by Prefect.",
     )
     sub = parser.add_subparsers(dest="command", required=True)
-    prof = sub.add_parser("profile", help="copy profiles/<name>.yaml onto params.yaml (smoke, default, gpu, paper)")
+    prof = sub.add_parser(
+        "profile", help="copy profiles/<name>.yaml onto params.yaml (smoke, default, gpu, paper)"
+    )
     prof.add_argument("name", nargs="?", help="profile to switch to; omit to list them")
+    _add_run_parser(sub)
     args = parser.parse_args(argv)
+
+    if args.command == "run":
+        return _run(args)
 
     if args.command == "profile":
         from labelbudget.config import available_profiles, load_params, use_profile
@@ -31,6 +37,126 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {e}", file=sys.stderr)
             return 2
         print(f"{path} now holds profile {args.name!r}; `dvc repro` re-runs what it changes")
+    return 0
+
+
+RUN_HELP = """\
+Run the experiment's DVC pipeline through the Prefect flow in flows/pipeline.py: stages in dependency order,
+independent ones side by side, stages DVC reports up to date skipped, failures retried; a failed data
+validation stops everything after it. Needs no set-up: without PREFECT_API_URL, Prefect starts a temporary
+local server (10-20 s). Outputs, dvc.lock and `dvc status` end up as after `dvc repro`.
+
+examples:
+  labelbudget run                                   # params.yaml as it is (the repo ships `default`)
+  labelbudget run --profile smoke                   # the whole pipeline in a few minutes
+  labelbudget run --set subsets.budgets_min=[2,6,20] --set subsets.seeds=[0]
+  labelbudget run subsets                           # only the data stages up to `subsets`
+  labelbudget run --remote s3://bucket/labelbudget  # share outputs between machines (DVC remote)
+"""
+
+
+def _add_run_parser(sub: argparse._SubParsersAction) -> None:
+    run = sub.add_parser(
+        "run",
+        help="run the experiment (the DVC pipeline driven by Prefect) and print where the report is",
+        description=RUN_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    run.add_argument("targets", nargs="*", metavar="STAGE", help="run only these stages and what they need")
+    run.add_argument(
+        "--profile",
+        help="copy profiles/PROFILE.yaml onto params.yaml first (smoke, default, ...); "
+        "default: keep params.yaml as it is",
+    )
+    run.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="write a param into params.yaml after the profile (dotted key, YAML value), e.g. "
+        "subsets.seeds=[0,1] or ssl_sizes=[small]; `upstreams` follows ssl_sizes unless set too. Repeatable",
+    )
+    run.add_argument("--concurrency", type=int, default=2, help="stages running at once (default: 2)")
+    run.add_argument(
+        "--task-runner",
+        choices=["threads", "dask"],
+        default="threads",
+        help="Prefect task runner: a thread pool (default) or a local Dask cluster (prefect-dask)",
+    )
+    run.add_argument("--dask-address", help="run tasks on this Dask scheduler instead of a local cluster")
+    run.add_argument("--retries", type=int, default=2, help="retries of a failed stage (default: 2)")
+    run.add_argument(
+        "--retry-delay", type=float, default=10.0, help="seconds before the first retry, then doubling (10)"
+    )
+    run.add_argument(
+        "--remote",
+        help="DVC remote to pull from before and push to after the run: a name from .dvc/config, a URL "
+        "(s3://bucket/path) or a directory",
+    )
+
+
+def _parse_overrides(items: list[str]) -> dict:
+    import yaml
+
+    overrides = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--set takes KEY=VALUE, not {item!r}")
+        overrides[key.strip()] = yaml.safe_load(value)
+    return overrides
+
+
+def _run(args: argparse.Namespace) -> int:
+    import os
+
+    from labelbudget.config import project_root
+
+    try:
+        root = project_root()
+    except FileNotFoundError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    try:
+        overrides = _parse_overrides(args.overrides)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    # Quiet, self-contained Prefect unless the user configured it: state in the project, no telemetry, and
+    # room for the first start of the temporary server (it migrates its database).
+    os.environ.setdefault("PREFECT_HOME", str(root / ".prefect"))
+    os.environ.setdefault("DO_NOT_TRACK", "1")
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+    os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+    sys.path.insert(0, str(root))  # flows/ lives in the project, beside the package
+    from flows.pipeline import experiment
+
+    state = experiment(
+        root=str(root),
+        profile=args.profile,
+        overrides=overrides or None,
+        concurrency=args.concurrency,
+        task_runner=args.task_runner,
+        targets=args.targets or None,
+        retries=args.retries,
+        retry_delay_s=args.retry_delay,
+        remote=args.remote,
+        dask_address=args.dask_address,
+        return_state=True,
+    )
+    if not state.is_completed():
+        print(f"\nerror: {state.message}", file=sys.stderr)
+        return 1
+    result = state.result()
+    ran = [name for name, outcome in result["stages"].items() if outcome != "up to date"]
+    print(f"\n{len(result['stages'])} stages, {len(ran)} run by DVC, the rest up to date")
+    if result["report"]:
+        print(f"Report: {result['report']}")
+        print(f"Metrics: {root / 'reports' / 'metrics.json'}  (also a Prefect artifact)")
+    else:
+        print("No report yet (reports/results.md is written by the `report` stage)")
     return 0
 
 

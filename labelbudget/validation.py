@@ -40,6 +40,12 @@ class Rule:
     show: list[str] = field(default_factory=list)  # extra columns that explain an offending row
 
 
+def _shown(path: Any) -> str:
+    """Paths inside the project relative to it: the DVC-tracked report must not depend on the checkout's place."""
+    rel = os.path.relpath(os.path.abspath(path))
+    return os.path.abspath(path) if rel.startswith("..") else rel
+
+
 # --- per-file measurements ----------------------------------------------------------------------------------
 
 
@@ -196,7 +202,7 @@ def build_rules(cfg: dict, corpus: Corpus, test_text: list[str]) -> list[Rule]:
              [gxe.ExpectColumnValuesToBeInSet(column="exists", value_set=[True])]),
         Rule("decodes", "audio", "every audio file decodes",
              [gxe.ExpectColumnValuesToBeInSet(column="decodes", value_set=[True])], show=["error"]),
-        Rule("path_inside_root", "audio", f"every audio path stays inside the corpus root {corpus.root}",
+        Rule("path_inside_root", "audio", f"every audio path stays inside the corpus root {_shown(corpus.root)}",
              [gxe.ExpectColumnValuesToBeInSet(column="inside_root", value_set=[True])], show=["audio"]),
         Rule("sample_rate", "audio", f"declared and actual sample rate are {sr} Hz",
              [gxe.ExpectColumnValuesToBeInSet(column="declared_sample_rate", value_set=[sr]),
@@ -320,8 +326,8 @@ def make_report(df: pd.DataFrame, rules: list[Rule], results: list, corpus: Corp
     return {
         "passed": not failed,
         "failed_rules": failed,
-        "corpus": str(corpus.dir),
-        "root": str(corpus.root),
+        "corpus": _shown(corpus.dir),
+        "root": _shown(corpus.root),
         "source": corpus.source,
         "parts": {p: int((df["part"] == p).sum()) for p in corpus.parts},
         "files": int(df["file"].nunique()),

@@ -1,0 +1,104 @@
+"""Orchestration overhead when every stage is up to date (goals: `dvc repro` under 2 s, flow run under 15 s).
+
+    python benchmarks/overhead.py           # a toy project shaped like the default experiment (68 stages)
+    python benchmarks/overhead.py --root .  # this repository, once `dvc status` is clean
+
+Prints the wall time of a no-op `dvc repro`, of the flow run itself, and of the whole command a user runs
+(a fresh Python process: imports, Prefect's temporary server unless PREFECT_API_URL is set, the flow run).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+CHILD = """
+import json, sys, time
+t0 = time.perf_counter()
+from prefect import flow
+from flows.pipeline import experiment
+t1 = time.perf_counter()
+flow(lambda: None, name="start-api")()  # the first flow run starts the temporary server (no PREFECT_API_URL)
+t2 = time.perf_counter()
+result = experiment(root=sys.argv[1])
+t3 = time.perf_counter()
+times = {"imports": t1 - t0, "api": t2 - t1, "flow": t3 - t2}
+print("RESULT " + json.dumps({**times, "stages": result["stages"]}))
+"""
+
+
+def timed(cmd: list[str], cwd: Path, env: dict[str, str] | None = None) -> tuple[float, str]:
+    start = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
+    wall = time.perf_counter() - start
+    if proc.returncode != 0:
+        sys.exit(f"{' '.join(cmd)} failed:\n{proc.stdout}{proc.stderr}")
+    return wall, proc.stdout + proc.stderr
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument(
+        "--root", type=Path, help="a DVC project whose stages are all up to date (default: a toy)"
+    )
+    ap.add_argument("--models", type=int, default=8, help="toy: models (like upstreams x seeds)")
+    ap.add_argument("--budgets", type=int, default=4, help="toy: label budgets")
+    ap.add_argument("--repeats", type=int, default=3, help="no-op `dvc repro` runs (median reported)")
+    args = ap.parse_args()
+    dvc = [sys.executable, "-m", "dvc"]
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(REPO),
+        "DO_NOT_TRACK": "1",
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
+    }
+
+    with tempfile.TemporaryDirectory() as tmp:
+        env.setdefault("PREFECT_HOME", str(Path(tmp) / "prefect"))
+        if args.root:
+            root = args.root.resolve()
+            status = subprocess.run([*dvc, "status", "--json"], cwd=root, capture_output=True, text=True)
+            if status.returncode != 0 or json.loads(status.stdout or "{}"):
+                sys.exit(
+                    f"{root}: `dvc status` is not clean; reproduce the pipeline first (this would run it)"
+                )
+        else:
+            from flows.toy_project import create_toy_project
+
+            models = [chr(ord("a") + i) for i in range(args.models)]
+            root = create_toy_project(
+                Path(tmp) / "toy", models=models, budgets=list(range(1, args.budgets + 1))
+            )
+            print(f"toy project: {len(models)} models x {args.budgets} budgets; reproducing it once ...")
+            timed([*dvc, "repro", "-q"], root, {**env, "TOY_SLEEP": "0"})
+
+        walls = [timed([*dvc, "repro"], root, env)[0] for _ in range(args.repeats)]
+        wall, output = timed([sys.executable, "-c", CHILD, str(root)], root, env)
+        result = json.loads(next(line for line in output.splitlines() if line.startswith("RESULT "))[7:])
+        ran = [name for name, outcome in result["stages"].items() if outcome != "up to date"]
+        if ran:
+            sys.exit(f"not all stages were up to date: {', '.join(ran)}")
+        server = "a running Prefect server" if os.environ.get("PREFECT_API_URL") else "the temporary server"
+        print(f"{len(result['stages'])} stages, all up to date ({root})")
+        median = statistics.median(walls)
+        print(f"no-op `dvc repro`:            {median:5.1f} s  (median of {args.repeats}; goal < 2 s)")
+        print(f"flow run, all up to date:     {result['flow']:5.1f} s  (goal < 15 s)")
+        print(
+            f"whole command, fresh process: {wall:5.1f} s  (imports {result['imports']:.1f} s, {server} "
+            f"{result['api']:.1f} s, flow run)"
+        )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Prefect flows that drive the DVC pipeline declared in `dvc.yaml` (they never re-implement a stage)."""

@@ -1,0 +1,325 @@
+"""The Prefect flows drive the DVC DAG correctly: order, concurrency, skipping, retries, gates, resumption.
+
+Every test works on a throwaway DVC project (flows/toy_project.py) with the experiment's DAG shape:
+corpus -> validate -> subsets -> finetune@model-budget -> evaluate@model-budget -> report.
+One full run is shared (module fixture); tests that change a project work on a copy of it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import yaml
+
+os.environ.setdefault("DO_NOT_TRACK", "1")
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # flows/ sits beside the installed package
+    sys.path.insert(0, str(ROOT))
+
+from flows.dvc_dag import load_dag  # noqa: E402
+from flows.pipeline import (  # noqa: E402
+    UP_TO_DATE,
+    apply_params,
+    assign_phases,
+    experiment,
+    metrics_markdown,
+    sweep,
+)
+from flows.toy_project import create_toy_project, write_params  # noqa: E402
+
+DVC = [sys.executable, "-m", "dvc"]
+
+
+@pytest.fixture(scope="session")
+def prefect_api():
+    """One temporary Prefect API (SQLite) for the whole session: each start costs 10-20 s."""
+    from prefect.settings import PREFECT_API_URL
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield PREFECT_API_URL.value()
+
+
+def timeline(root: Path) -> list[str]:
+    """Stage labels in the order their commands finished (only commands that completed)."""
+    path = root / "timeline.jsonl"
+    if not path.exists():
+        return []
+    return [json.loads(line)["stage"] for line in path.read_text().splitlines()]
+
+
+def intervals(root: Path) -> dict[str, tuple[float, float]]:
+    lines = (root / "timeline.jsonl").read_text().splitlines()
+    return {e["stage"]: (e["start"], e["end"]) for e in map(json.loads, lines)}
+
+
+def label(stage: str) -> str:
+    return stage.replace("@", "-")
+
+
+def dvc_status(root: Path) -> dict:
+    proc = subprocess.run([*DVC, "status", "--json"], cwd=root, capture_output=True, text=True, check=True)
+    return json.loads(proc.stdout)
+
+
+def run(root: Path, **kwargs):
+    kwargs = {"concurrency": 4, "retry_delay_s": 0, **kwargs}
+    return experiment(root=str(root), **kwargs)
+
+
+def copy_project(src: Path, dst: Path) -> Path:
+    shutil.copytree(src, dst, symlinks=True)
+    return dst
+
+
+@pytest.fixture(scope="module")
+def fresh_toy(tmp_path_factory) -> Path:
+    """A toy project that never ran: copy it, do not change it."""
+    return create_toy_project(tmp_path_factory.mktemp("fresh") / "toy", models=("a", "b"), budgets=(1,))
+
+
+@pytest.fixture(scope="module")
+def completed(prefect_api, fresh_toy, tmp_path_factory):
+    """The toy DAG run once by the flow, with one stage failing once and a local DVC remote."""
+    base = tmp_path_factory.mktemp("completed")
+    root = copy_project(fresh_toy, base / "toy")
+    (root / ".fail-once").mkdir()
+    (root / ".fail-once" / "evaluate-a-1").touch()
+    remote = base / "remote"
+    result = run(root, remote=str(remote))
+    metrics = json.loads((root / "reports" / "metrics.json").read_text())
+    return SimpleNamespace(root=root, result=result, remote=remote, metrics=metrics, timeline=timeline(root))
+
+
+# ------------------------------------------------------------------------------------------- one full run
+
+
+def test_every_stage_runs_once_in_dependency_order(completed):
+    dag = load_dag(completed.root)
+    assert sorted(completed.timeline) == sorted(label(s) for s in dag.stages)
+    spans = intervals(completed.root)
+    for name, stage in dag.stages.items():
+        for up in stage.upstream:
+            assert spans[label(name)][0] >= spans[label(up)][1], f"{name} started before {up} ended"
+
+
+def test_independent_stages_run_concurrently(completed):
+    spans = sorted(v for k, v in completed.result["timings"].items() if k.startswith("finetune@"))
+    assert len(spans) == 2
+    assert any(later[0] < earlier[1] for earlier, later in zip(spans, spans[1:], strict=False)), spans
+
+
+def test_stage_failing_once_is_retried_and_the_run_completes(completed):
+    assert not (completed.root / ".fail-once" / "evaluate-a-1").exists()  # it did fail once
+    assert "evaluate-a-1" in completed.timeline
+    assert set(completed.result["stages"].values()) == {"ran"}
+    assert completed.metrics["a-1"] == {"wer": 0.3333}
+
+
+def test_dvc_status_is_clean_after_a_flow_run(completed):
+    assert dvc_status(completed.root) == {}
+
+
+def test_dvc_lock_is_what_plain_dvc_repro_writes(completed, fresh_toy, tmp_path):
+    plain = copy_project(fresh_toy, tmp_path / "plain")
+    subprocess.run([*DVC, "repro", "-q"], cwd=plain, check=True)
+    assert (completed.root / "dvc.lock").read_text() == (plain / "dvc.lock").read_text()
+
+
+def test_results_are_published_as_artifacts(completed):
+    from prefect.artifacts import Artifact
+
+    metrics = Artifact.get("labelbudget-metrics")
+    assert metrics is not None and "| a-1 | 0.3333 |" in metrics.data
+    report = Artifact.get("labelbudget-report")
+    assert report is not None and "reports/results.md" in report.data
+    stages = Artifact.get("labelbudget-stages")
+    assert stages is not None and "`finetune@b-1`" in stages.data
+    assert completed.result["report"] == str(completed.root / "reports" / "results.md")
+
+
+# ------------------------------------------------------------------------------------- changes and faults
+
+
+def test_up_to_date_stages_are_skipped_without_calling_dvc(completed, tmp_path):
+    root = copy_project(completed.root, tmp_path / "toy")
+    start = time.monotonic()
+    result = run(root)
+    assert set(result["stages"].values()) == {UP_TO_DATE}
+    assert timeline(root) == completed.timeline
+    assert time.monotonic() - start < 15
+
+
+def test_widening_a_sweep_by_one_budget_runs_only_that_budgets_stages(completed, tmp_path):
+    root = copy_project(completed.root, tmp_path / "toy")
+    result = sweep(sizes=["a", "b"], budgets_min=[1, 2], profile=None, concurrency=4, root=str(root))
+    new = timeline(root)[len(completed.timeline) :]
+    # subsets and report read the budget list; of the per-budget stages only budget 2's run
+    assert sorted(new) == sorted(
+        ["subsets", "finetune-a-2", "finetune-b-2", "evaluate-a-2", "evaluate-b-2", "report"]
+    )
+    assert result["stages"]["finetune@a-1"] == "unchanged"  # DVC was asked: its subset file is the same
+    assert result["stages"]["evaluate@a-1"] == UP_TO_DATE  # not even asked
+    assert dvc_status(root) == {}
+
+
+def test_failed_validation_stops_every_stage_after_it(prefect_api, fresh_toy, tmp_path):
+    root = copy_project(fresh_toy, tmp_path / "toy")
+    write_params(root, models=("a", "b"), budgets=(1,), fail_validation=True)
+    state = run(root, return_state=True)
+    assert state.is_failed()
+    assert "data validation failed (validate)" in state.message
+    assert "data/validation/summary.md" in state.message
+    assert "--- validate:" in state.message and "validation failed: see" in state.message  # the stage's words
+    assert "6 downstream stage(s) not run" in state.message
+    assert timeline(root) == ["corpus"]  # validate failed (not retried); nothing after it started
+    assert not (root / "data" / "subsets").exists() and not (root / "models").exists()
+
+
+def locked_stages(root: Path) -> set[str]:
+    """Stages DVC has recorded as done in dvc.lock."""
+    try:
+        return set((yaml.safe_load((root / "dvc.lock").read_text()) or {}).get("stages", {}))
+    except (FileNotFoundError, yaml.YAMLError):  # not written yet, or being written
+        return set()
+
+
+def test_interrupted_flow_resumes_where_it_stopped_with_the_same_metrics(
+    prefect_api, completed, fresh_toy, tmp_path
+):
+    root = copy_project(fresh_toy, tmp_path / "toy")
+    env = {**os.environ, "PREFECT_API_URL": prefect_api, "PYTHONPATH": str(ROOT), "TOY_SLEEP": "2"}
+    code = f"from flows.pipeline import experiment; experiment(root={str(root)!r}, concurrency=1, retries=0)"
+    with open(tmp_path / "interrupted-flow.log", "w") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-c", code],
+            env=env,
+            start_new_session=True,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            deadline = time.monotonic() + 150
+            while "finetune@a-1" not in locked_stages(root):
+                assert proc.poll() is None and time.monotonic() < deadline, (
+                    "the flow ended before the interrupt"
+                )
+                time.sleep(0.1)
+            time.sleep(0.5)
+        finally:
+            # Ctrl-C reaches the flow and the `dvc repro` it is running, as in a terminal
+            os.killpg(proc.pid, signal.SIGINT)
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+    done = locked_stages(root)  # what had completed when the flow died
+    assert "report" not in done
+    seen = len(timeline(root))
+
+    result = run(root)
+    rerun = set(timeline(root)[seen:])
+    assert not rerun & {label(s) for s in done}, "a stage that had completed ran again"
+    assert rerun | {label(s) for s in done} == set(completed.timeline)
+    assert result["stages"]["corpus"] == UP_TO_DATE
+    assert json.loads((root / "reports" / "metrics.json").read_text()) == completed.metrics
+    assert dvc_status(root) == {}
+
+
+def test_fresh_machine_pulls_finished_stages_from_the_dvc_remote(completed, tmp_path):
+    root = copy_project(completed.root, tmp_path / "toy")
+    for path in ("data", "models", "results", "reports", ".dvc/cache"):
+        shutil.rmtree(root / path)
+    run(root, remote=str(completed.remote))
+    recomputed = set(timeline(root)[len(completed.timeline) :])
+    # only stages whose outputs are not cached (cache: false) run again; the rest come from the remote
+    assert recomputed <= {"validate", "report"}
+    assert json.loads((root / "reports" / "metrics.json").read_text()) == completed.metrics
+    assert dvc_status(root) == {}
+
+
+def test_dask_task_runner_runs_the_toy_dag(prefect_api, tmp_path):
+    root = create_toy_project(tmp_path / "toy", models=("a",), budgets=(1,))
+    result = run(root, task_runner="dask", concurrency=2)  # a LocalCluster: threads, no processes
+    assert set(result["stages"].values()) == {"ran"} and len(result["stages"]) == 6
+    assert dvc_status(root) == {}
+
+
+# ------------------------------------------------------------------------------------------ no Prefect run
+
+
+def test_overrides_go_into_params_after_the_profile_keeping_comments(tmp_path):
+    (tmp_path / "profiles").mkdir()
+    (tmp_path / "profiles" / "smoke.yaml").write_text(
+        "profile: smoke  # which profile\nssl_sizes: [small, large]\nbaselines: [fbank]\n"
+        "upstreams: [small, large, fbank]\nsubsets:\n  budgets_min: [1, 2]\n  seeds: [0]\n"
+    )
+    (tmp_path / "params.yaml").write_text("profile: default\n")
+    apply_params(tmp_path, "smoke", {"subsets.budgets_min": [1, 2, 5], "ssl_sizes": ["small"]})
+    text = (tmp_path / "params.yaml").read_text()
+    assert "# which profile" in text
+    params = yaml.safe_load(text)
+    assert params["profile"] == "smoke"
+    assert params["subsets"] == {"budgets_min": [1, 2, 5], "seeds": [0]}
+    assert params["upstreams"] == ["small", "fbank"]  # follows ssl_sizes + baselines
+
+
+def test_unknown_override_is_rejected(tmp_path):
+    (tmp_path / "params.yaml").write_text("subsets:\n  seeds: [0]\n")
+    with pytest.raises(ValueError, match="unknown param 'subsets.seed'"):
+        apply_params(tmp_path, None, {"subsets.seed": [1]})
+
+
+def test_phases_follow_the_dag_and_selection_keeps_upstream(fresh_toy):
+    dag = load_dag(fresh_toy)
+    phases = assign_phases(dag)
+    assert phases["data"] == ["corpus", "validate", "subsets"]
+    assert phases["features"] == []
+    assert phases["downstream"] == ["finetune@a-1", "finetune@b-1", "evaluate@a-1", "evaluate@b-1"]
+    assert phases["report"] == ["report"]
+    assert list(dag.select(["evaluate@b-1"]).stages) == [
+        "corpus",
+        "validate",
+        "subsets",
+        "finetune@b-1",
+        "evaluate@b-1",
+    ]
+    assert len(dag.select(["finetune"]).stages) == 5
+    with pytest.raises(ValueError, match="unknown stage"):
+        dag.select(["pretrain"])
+
+
+def test_metrics_table_has_one_row_per_run():
+    table = metrics_markdown(
+        {"small": {"60": {"in_domain": 0.31234, "weighted": 0.4}}, "fbank": {"60": {"weighted": 0.5}}}
+    )
+    assert "| small/60 | 0.3123 | 0.4 |" in table
+    assert "| fbank/60 |  | 0.5 |" in table
+    records = metrics_markdown([{"upstream": "small", "budget": 60, "weighted": 0.4}])
+    assert records.splitlines()[0] == "| upstream | budget | weighted |"
+
+
+def test_run_command_explains_itself(capsys):
+    from labelbudget.cli import _parse_overrides, main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["run", "--help"])
+    assert exit_.value.code == 0
+    out = capsys.readouterr().out
+    assert "temporary" in out and "--set KEY=VALUE" in out and "--task-runner {threads,dask}" in out
+    assert _parse_overrides(["subsets.seeds=[0, 1]", "ssl_sizes=[small]"]) == {
+        "subsets.seeds": [0, 1],
+        "ssl_sizes": ["small"],
+    }
