@@ -137,7 +137,7 @@ def synthesize(cfg: SynthConfig, out: Path, progress: Callable[[int], None] | No
     workers = cfg.workers or os.cpu_count() or 1
     # A fresh process per shard makes the bytes independent of which worker drew which shard.
     with mp.get_context("fork").Pool(workers, maxtasksperchild=1) as pool:
-        for part, shard_rows in zip(owners, pool.imap(_render_shard, jobs)):
+        for part, shard_rows in zip(owners, pool.imap(_render_shard, jobs), strict=True):
             rows[part].extend(shard_rows)
             if progress:
                 progress(len(shard_rows))

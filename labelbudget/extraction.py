@@ -158,7 +158,7 @@ def extract_part(up: Upstream, corpus: Corpus, part: str, out: Path, layers: lis
         feats: dict[int, np.ndarray] = {}
         for batch in bucket_batches(ds.durations, batch_seconds):
             wav, lengths = collate_waves([ds[j] for j in batch])
-            for j, f in zip(batch, featurize(up, logmel, wav, lengths, layers, device)):
+            for j, f in zip(batch, featurize(up, logmel, wav, lengths, layers, device), strict=True):
                 feats[j] = f
         writer.write(ids, [feats[j] for j in range(len(ids))])
         if progress:

@@ -81,7 +81,7 @@ class FeatureStore:
             if not sm.exists():
                 raise FeatureStoreError(f"{sm}: shard index missing; the extraction did not finish")
             m = read_json(sm)
-            for i, o, n in zip(m["ids"], m["offsets"], m["lengths"]):
+            for i, o, n in zip(m["ids"], m["offsets"], m["lengths"], strict=True):
                 self._where[i] = (k, o, n)
 
     @property

@@ -69,7 +69,8 @@ class KMeansQuantizer(nn.Module):
         g = torch.Generator().manual_seed(seed)
         n = frames.shape[0]
         if n < k:
-            raise ValueError(f"k-means needs at least {k} frames, got {n}: add unlabeled audio or lower kmeans_clusters")
+            raise ValueError(f"k-means needs at least {k} frames, got {n}: add unlabeled audio or lower "
+                             "kmeans_clusters")
         centroids = frames[torch.randint(n, (1,), generator=g)]
         for _ in range(1, k):
             d = torch.cdist(frames, centroids).min(1).values.square()
