@@ -18,10 +18,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     prof.add_argument("name", nargs="?", help="profile to switch to; omit to list them")
     _add_run_parser(sub)
+    sizes = sub.add_parser("sizes", help="parameter count and memory estimate of a profile's SSL model sizes")
+    sizes.add_argument("--profile", help="a profile name (default: params.yaml as it is)")
     args = parser.parse_args(argv)
 
     if args.command == "run":
         return _run(args)
+    if args.command == "sizes":
+        return _sizes(args.profile)
 
     if args.command == "profile":
         from labelbudget.config import available_profiles, load_params, use_profile
@@ -94,6 +98,20 @@ def _add_run_parser(sub: argparse._SubParsersAction) -> None:
         help="DVC remote to pull from before and push to after the run: a name from .dvc/config, a URL "
         "(s3://bucket/path) or a directory",
     )
+
+
+def _sizes(profile: str | None) -> int:
+    from labelbudget.config import PROFILES_DIR, load_params, project_root
+    from labelbudget.encoder import size_report
+
+    params = load_params(project_root() / PROFILES_DIR / f"{profile}.yaml" if profile else "params.yaml")
+    names = [*params["ssl_sizes"], *([params["models"]["random"]] if "random" in params.get("upstreams", []) else [])]
+    print(f"profile {params.get('profile', '?')}: encoder sizes (instantiated on the meta device)")
+    print(f"{'size':<10}{'layers':>7}{'dim':>7}{'parameters':>16}{'AdamW state':>14}{'bf16 weights':>14}")
+    for r in size_report(params["models"], list(dict.fromkeys(names)), params["features"]["n_mels"]):
+        print(f"{r['size']:<10}{r['layers']:>7}{r['dim']:>7}{r['parameters']:>16,}"
+              f"{r['train_state_gib']:>11.2f} GiB{r['bf16_weights_gib']:>11.2f} GiB")
+    return 0
 
 
 def _parse_overrides(items: list[str]) -> dict:

@@ -1,0 +1,80 @@
+"""End to end: `dvc repro` of the smoke profile in a temporary copy of the project."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+ENV = {**os.environ, "WANDB_MODE": "offline", "DO_NOT_TRACK": "1", "GX_ANALYTICS_ENABLED": "false",
+       "LABELBUDGET_THREADS": "2"}
+
+
+def copy_project(dst: Path) -> Path:
+    files = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=REPO,
+                           capture_output=True, text=True, check=True).stdout.split()
+    for f in files:
+        if (REPO / f).is_file():
+            (dst / f).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / f, dst / f)
+    for cmd in (["git", "init", "-q"], ["git", "add", "-A"],
+                ["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "init"]):
+        subprocess.run(cmd, cwd=dst, check=True)
+    return dst
+
+
+def run(cmd: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    r = subprocess.run(cmd, cwd=cwd, env=ENV, capture_output=True, text=True, timeout=1500)
+    assert r.returncode == 0, f"{' '.join(cmd)} failed:\n{r.stdout[-4000:]}\n{r.stderr[-4000:]}"
+    return r
+
+
+@pytest.fixture(scope="module")
+def smoke_project(tmp_path_factory):
+    project = copy_project(tmp_path_factory.mktemp("project"))
+    run(["labelbudget", "profile", "smoke"], project)
+    run(["dvc", "repro"], project)
+    return project
+
+
+@pytest.mark.slow
+def test_dvc_repro_writes_every_stage_output(smoke_project):
+    p = smoke_project
+    assert (p / "data/corpus/manifests/labeled.jsonl").exists()
+    assert json.loads((p / "data/validation/report.json").read_text())["passed"] is True
+    assert (p / "data/subsets/1min-seed0.txt").read_text().strip()
+    for size in ("small", "large"):
+        assert (p / f"models/pretrain/{size}/model.pt").exists()
+    for up in ("small", "large", "fbank", "random"):
+        assert (p / f"data/features/{up}/upstream.json").exists()
+    metrics = json.loads((p / "reports/metrics.json").read_text())
+    assert metrics
+    assert (p / "reports/results.md").read_text().strip()
+    assert list((p / "reports/figures").glob("*.png"))
+
+
+@pytest.mark.slow
+def test_second_repro_is_a_no_op_and_status_clean(smoke_project):
+    r = run(["dvc", "repro"], smoke_project)
+    assert "Running stage" not in r.stdout
+    status = run(["dvc", "status"], smoke_project)
+    assert "up to date" in status.stdout
+
+
+@pytest.mark.slow
+def test_dvc_metrics_and_plots_show_work(smoke_project):
+    assert "weighted" in run(["dvc", "metrics", "show"], smoke_project).stdout
+    run(["dvc", "plots", "show", "--out", "plots"], smoke_project)
+    assert (smoke_project / "plots" / "index.html").exists()
+
+
+@pytest.mark.slow
+def test_wandb_offline_runs_hold_pretraining_metrics(smoke_project):
+    runs = list((smoke_project / "wandb").glob("offline-run-*"))
+    assert runs, "no offline W&B run directories"
+    assert any(f.stat().st_size > 0 for r in runs for f in r.glob("run-*.wandb"))
