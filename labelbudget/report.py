@@ -1,0 +1,521 @@
+"""The sample-efficiency report: error rate against labeled hours, per upstream, and the findings it checks.
+
+Every number is recomputed from the per-utterance files of the `evaluate` stage (results/eval/*/hyps.jsonl).
+
+- Aggregation: upstream x budget -> per test set and weighted WER/CER, mean and sample std over seeds.
+- Band: 95% bootstrap interval of the seed-averaged weighted error, resampling test utterances (the same
+  resample for every seed, test sets as strata).
+- Relative degradation of budget b: (E_b - E_largest) / E_largest, per upstream, on the seed means.
+- Judged metric: WER when every upstream's weighted WER at the largest budget is below `wer_threshold` (0.5),
+  else CER (WER saturates near 1.0 long before CER does).
+- Findings: F0 every SSL size beats the random control at every budget; F1 the larger SSL model beats the
+  smaller at every budget; F2 the larger model degrades less from the largest to the smallest budget; F3 at
+  the smallest budget the larger model beats fbank by at least `f3_margin` relative.
+- Label hours the larger model needs to match the smaller one at the largest budget: log-linear interpolation
+  of the larger model's error curve between budgets (no extrapolation beyond them).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from labelbudget import metrics as M
+from labelbudget.io import read_json, read_jsonl
+from labelbudget.subsets import budget_name
+
+METRICS = ("wer", "cer")
+COUNT_KEYS = ("word_errors", "words", "char_errors", "chars")
+
+
+class ReportError(ValueError):
+    pass
+
+
+@dataclass
+class ReportConfig:
+    upstreams: list[str]
+    ssl_sizes: list[str]
+    budgets_min: list[float]
+    seeds: list[int]
+    smaller: str = "small"
+    larger: str = "large"
+    baseline: str = "fbank"
+    control: str = "random"
+    wer_threshold: float = 0.5
+    f3_margin: float = 0.25
+    weights: Any = M.WORD_COUNT_WEIGHTS
+    bootstrap: int = 1000
+    ci: float = 0.95
+    seed: int = 0
+
+    @classmethod
+    def from_params(cls, params: dict) -> ReportConfig:
+        r = dict(params.get("report", {}))
+        e = params.get("evaluate", {})
+        cfg = cls(upstreams=list(params["upstreams"]), ssl_sizes=list(params["ssl_sizes"]),
+                  budgets_min=sorted(float(b) for b in params["subsets"]["budgets_min"]),
+                  seeds=list(params["subsets"]["seeds"]), weights=e.get("weights", M.WORD_COUNT_WEIGHTS),
+                  bootstrap=int(e.get("bootstrap", 1000)), ci=float(e.get("ci", 0.95)),
+                  seed=int(e.get("bootstrap_seed", 0)), **r)
+        for role in ("smaller", "larger"):
+            if getattr(cfg, role) not in cfg.ssl_sizes:
+                raise ReportError(f"params report.{role}: {getattr(cfg, role)!r} is not in ssl_sizes "
+                                  f"{cfg.ssl_sizes}")
+        return cfg
+
+
+@dataclass
+class Run:
+    upstream: str
+    budget_min: float
+    seed: int
+    rows: list[dict]
+    info: dict = field(default_factory=dict)
+
+
+def run_dir(eval_dir: Path, upstream: str, budget_min: float, seed: int) -> Path:
+    return Path(eval_dir) / f"{upstream}-{budget_name(budget_min)}-{seed}"
+
+
+def load_runs(eval_dir: str | Path, cfg: ReportConfig) -> list[Run]:
+    """Per-utterance results of every (upstream, budget, seed) in params; names every missing run."""
+    runs, missing = [], []
+    for u in cfg.upstreams:
+        for b in cfg.budgets_min:
+            for s in cfg.seeds:
+                d = run_dir(Path(eval_dir), u, b, s)
+                if not (d / "hyps.jsonl").exists():
+                    missing.append(d.name)
+                    continue
+                info = read_json(d / "metrics.json") if (d / "metrics.json").exists() else {}
+                rows = sorted(read_jsonl(d / "hyps.jsonl"), key=lambda r: (r["test_set"], r["id"]))
+                runs.append(Run(u, b, s, rows, info))
+    if missing:
+        raise ReportError(f"{len(missing)} evaluation result(s) missing under {eval_dir}: {missing[:8]}"
+                          f"{' ...' if len(missing) > 8 else ''}; run the `evaluate` stages first")
+    return runs
+
+
+def _per_test_arrays(rows: Sequence[dict]) -> dict[str, dict[str, np.ndarray]]:
+    out: dict[str, dict[str, list]] = {}
+    for r in rows:
+        d = out.setdefault(r["test_set"], {k: [] for k in ("ids", *COUNT_KEYS)})
+        d["ids"].append(r["id"])
+        for k in COUNT_KEYS:
+            d[k].append(r[k])
+    return {t: {k: np.asarray(v) for k, v in d.items()} for t, d in out.items()}
+
+
+def run_scores(rows: Sequence[dict], weights_spec: Any) -> dict:
+    """Per test set WER/CER and weighted WER/CER of one run (no intervals)."""
+    arrays = _per_test_arrays(rows)
+    tests = {}
+    for t, a in arrays.items():
+        c = M.Counts(int(a["word_errors"].sum()), int(a["words"].sum()), int(a["char_errors"].sum()),
+                     int(a["chars"].sum()))
+        tests[t] = {**M.rates(c, t), "words": c.words}
+    weights = M.resolve_weights(weights_spec, {t: v["words"] for t, v in tests.items()})
+    weighted = {m: M.weighted({t: v[m] for t, v in tests.items()}, weights) for m in METRICS}
+    return {"tests": tests, "weighted": weighted, "weights": weights}
+
+
+def _std(values: Sequence[float]) -> float:
+    return float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+
+
+def aggregate(runs: Sequence[Run], cfg: ReportConfig) -> dict:
+    """upstream -> budget -> seed means/stds per test set and weighted, and the bootstrap band of the mean."""
+    groups: dict[tuple[str, float], list[Run]] = {}
+    for r in runs:
+        groups.setdefault((r.upstream, r.budget_min), []).append(r)
+    test_sets = sorted({row["test_set"] for r in runs for row in r.rows})
+    table: dict[str, dict[str, dict]] = {}
+    per_run: dict[str, dict[str, dict]] = {}
+    weights_used = None
+    for (u, b), rs in groups.items():
+        scores = [run_scores(r.rows, cfg.weights) for r in rs]
+        for r, s in zip(rs, scores, strict=True):
+            if set(s["tests"]) != set(test_sets):
+                raise ReportError(f"{u}-{budget_name(b)}-{r.seed}: test sets {sorted(s['tests'])} differ "
+                                  f"from the other runs' {test_sets}")
+            per_run.setdefault(u, {}).setdefault(budget_name(b), {})[str(r.seed)] = {
+                "tests": {t: {m: v[m] for m in METRICS} for t, v in s["tests"].items()},
+                "weighted": s["weighted"]}
+        weights_used = scores[0]["weights"]
+        entry: dict[str, Any] = {"hours": b / 60, "seeds": len(rs), "tests": {}, "weighted": {}}
+        for t in test_sets:
+            entry["tests"][t] = {}
+            for m in METRICS:
+                vals = [s["tests"][t][m] for s in scores]
+                entry["tests"][t][m] = float(np.mean(vals))
+                entry["tests"][t][f"{m}_std"] = _std(vals)
+        band = _seed_mean_band(rs, scores[0]["weights"], cfg)
+        for m in METRICS:
+            vals = [s["weighted"][m] for s in scores]
+            entry["weighted"][m] = float(np.mean(vals))
+            entry["weighted"][f"{m}_std"] = _std(vals)
+            entry["weighted"][f"{m}_min"], entry["weighted"][f"{m}_max"] = float(min(vals)), float(max(vals))
+            entry["weighted"][f"{m}_ci"] = band[m]
+        entry["training"] = _training_summary(rs)
+        table.setdefault(u, {})[budget_name(b)] = entry
+    for by_budget in table.values():
+        largest = by_budget[budget_name(max(cfg.budgets_min))]["weighted"]
+        for entry in by_budget.values():
+            for m in METRICS:
+                entry["weighted"][f"{m}_rel_degradation"] = relative_degradation(entry["weighted"][m],
+                                                                                 largest[m])
+    return {"table": table, "runs": per_run, "test_sets": test_sets, "weights": weights_used}
+
+
+def _seed_mean_band(rs: Sequence[Run], weights: Mapping[str, float],
+                    cfg: ReportConfig) -> dict[str, list[float]]:
+    """Bootstrap interval of the seed-mean weighted rate: one utterance resample shared by all seeds."""
+    rng = np.random.default_rng(cfg.seed)
+    arrays = [_per_test_arrays(r.rows) for r in rs]
+    reps = {m: np.zeros(cfg.bootstrap) for m in METRICS}
+    for t in weights:
+        ids = arrays[0][t]["ids"]
+        if any(not np.array_equal(a[t]["ids"], ids) for a in arrays[1:]):
+            raise ReportError(f"test set {t!r}: seeds were scored on different utterances")
+        idx = M.resample_indices(len(ids), cfg.bootstrap, rng)
+        for m, e, n in (("wer", "word_errors", "words"), ("cer", "char_errors", "chars")):
+            per_seed = [M.bootstrap_rates(a[t][e], a[t][n], idx) for a in arrays]
+            reps[m] += weights[t] * np.mean(per_seed, axis=0)
+    return {m: list(M.interval(reps[m], cfg.ci)) for m in METRICS}
+
+
+def _training_summary(rs: Sequence[Run]) -> dict:
+    infos = [r.info for r in rs]
+    out: dict[str, Any] = {}
+    for k in ("steps", "best_dev_cer"):
+        vals = [i[k] for i in infos if i.get(k) is not None]
+        if vals:
+            out[k] = float(np.mean(vals))
+    lw = [i["layer_weights"] for i in infos if i.get("layer_weights")]
+    if lw and all(len(w) == len(lw[0]) for w in lw):
+        out["layer_weights"] = np.mean(lw, axis=0).round(4).tolist()
+    stopped = [i["stopped_early"] for i in infos if "stopped_early" in i]
+    if stopped:
+        out["stopped_early"] = int(sum(stopped))
+        # Not converged: hit the step cap with its best dev CER at the very last evaluation.
+        out["capped_improving"] = sum(1 for i in infos if not i.get("stopped_early")
+                                      and i.get("best_step") is not None
+                                      and i.get("best_step") == i.get("steps"))
+    return out
+
+
+def relative_degradation(error: float, reference: float) -> float | None:
+    """(E - E_ref) / E_ref: 0.10 means 10% relatively worse than the reference (None when E_ref is 0)."""
+    return (error - reference) / reference if reference > 0 else None
+
+
+def judged_metric(table: Mapping[str, Mapping[str, dict]], largest: str, threshold: float) -> tuple[str, str]:
+    """('wer' or 'cer', why)."""
+    at_largest = {u: t[largest]["weighted"]["wer"] for u, t in table.items()}
+    high = {u: round(v, 3) for u, v in at_largest.items() if v >= threshold}
+    if not high:
+        return "wer", f"every upstream's weighted WER at the largest budget is below {threshold}"
+    return "cer", (f"weighted WER at the largest budget is >= {threshold} (saturated) for {high}, "
+                   "so the findings are judged on weighted CER")
+
+
+def hours_to_match(hours: Sequence[float], errors: Sequence[float], target: float) -> dict:
+    """Labeled hours at which an error curve (piecewise linear in log hours) first reaches `target`."""
+    pts = sorted(zip(hours, errors, strict=True))
+    if pts[0][1] <= target:
+        return {"hours": pts[0][0], "kind": "at_most",
+                "text": f"<= {pts[0][0]:.3g} h (already at the smallest budget)"}
+    for (h0, e0), (h1, e1) in zip(pts, pts[1:], strict=False):
+        if e0 > target >= e1:
+            frac = (e0 - target) / (e0 - e1)
+            h = math.exp(math.log(h0) + frac * (math.log(h1) - math.log(h0)))
+            return {"hours": h, "kind": "interpolated", "text": f"{h:.3g} h (interpolated)"}
+    return {"hours": None, "kind": "not_reached", "text": "not reached within the budgets"}
+
+
+def findings(table: Mapping[str, Mapping[str, dict]], cfg: ReportConfig, metric: str) -> dict[str, dict]:
+    """F0-F3 on the seed means of the judged weighted metric."""
+    budgets = [budget_name(b) for b in cfg.budgets_min]
+    small_b, large_b = budgets[0], budgets[-1]
+
+    def err(u: str, b: str) -> float:
+        return table[u][b]["weighted"][metric]
+
+    name = metric.upper()
+    out: dict[str, dict] = {}
+    ssl = [s for s in cfg.ssl_sizes if s in table]
+    if cfg.control in table and ssl:
+        wins = {f"{s}@{b}": err(s, b) < err(cfg.control, b) for s in ssl for b in budgets}
+        numbers = {b: {u: round(err(u, b), 4) for u in [*ssl, cfg.control]} for b in budgets}
+        out["F0"] = {"claim": f"every SSL size beats the `{cfg.control}` control at every budget",
+                     "holds": all(wins.values()), "numbers": numbers,
+                     "detail": f"{sum(wins.values())}/{len(wins)} (size, budget) pairs beat the control"}
+    else:
+        out["F0"] = {"claim": "every SSL size beats the random control", "holds": None,
+                     "detail": f"not evaluated: `{cfg.control}` or the SSL sizes are not among the upstreams"}
+    s, big = cfg.smaller, cfg.larger
+    if s in table and big in table:
+        numbers = {b: {big: round(err(big, b), 4), s: round(err(s, b), 4)} for b in budgets}
+        wins = [b for b in budgets if err(big, b) < err(s, b)]
+        out["F1"] = {"claim": f"`{big}` has a lower weighted {name} than `{s}` at every budget",
+                     "holds": len(wins) == len(budgets), "numbers": numbers,
+                     "detail": f"better at {len(wins)}/{len(budgets)} budgets"}
+        dl, dsm = (relative_degradation(err(u, small_b), err(u, large_b)) for u in (big, s))
+        claim = f"from {large_b} to {small_b} min, `{big}` degrades less than `{s}` (relative)"
+        if dl is None or dsm is None:
+            out["F2"] = {"claim": claim, "holds": None, "detail": "undefined: zero error at the largest budget"}
+        else:
+            out["F2"] = {"claim": claim, "holds": dl < dsm, "numbers": {big: round(dl, 4), s: round(dsm, 4)},
+                         "detail": f"{big} {dl:+.1%} vs {s} {dsm:+.1%}"}
+    else:
+        for f in ("F1", "F2"):
+            out[f] = {"claim": f"{big} vs {s}", "holds": None,
+                      "detail": f"not evaluated: `{s}`/`{big}` missing"}
+    if big in table and cfg.baseline in table:
+        fb, lg = err(cfg.baseline, small_b), err(big, small_b)
+        gain = (fb - lg) / fb if fb > 0 else 0.0
+        out["F3"] = {"claim": f"at {small_b} min, `{big}` beats `{cfg.baseline}` by >= {cfg.f3_margin:.0%} "
+                              "relative",
+                     "holds": gain >= cfg.f3_margin,
+                     "numbers": {big: round(lg, 4), cfg.baseline: round(fb, 4),
+                                 "relative_gain": round(gain, 4)},
+                     "detail": f"{big} {lg:.3f} vs {cfg.baseline} {fb:.3f}: {gain:+.1%} relative"}
+    else:
+        out["F3"] = {"claim": f"{big} vs {cfg.baseline}", "holds": None,
+                     "detail": f"not evaluated: `{big}` or `{cfg.baseline}` missing"}
+    return out
+
+
+def build(eval_dir: str | Path, cfg: ReportConfig) -> dict:
+    """Everything the report writes, as one dict (numbers only; files are written by `write_report`)."""
+    runs = load_runs(eval_dir, cfg)
+    agg = aggregate(runs, cfg)
+    table = agg["table"]
+    largest = budget_name(max(cfg.budgets_min))
+    metric, why = judged_metric(table, largest, cfg.wer_threshold)
+    match = None
+    if cfg.smaller in table and cfg.larger in table:
+        hrs = [b / 60 for b in cfg.budgets_min]
+        target = table[cfg.smaller][largest]["weighted"][metric]
+        curve = [table[cfg.larger][budget_name(b)]["weighted"][metric] for b in cfg.budgets_min]
+        match = {**hours_to_match(hrs, curve, target), "target": target, "metric": metric,
+                 "largest_hours": max(hrs)}
+        match["ratio"] = max(hrs) / match["hours"] if match["hours"] else None
+    return {"judged_on": metric, "judged_why": why, "largest_budget": largest, **agg,
+            "findings": findings(table, cfg, metric), "match": match,
+            "weights_source": M.weights_description(cfg.weights)}
+
+
+# --- files ------------------------------------------
+
+def curve_rows(result: dict, cfg: ReportConfig) -> list[dict]:
+    """Long table for DVC plots: one row per (upstream, budget)."""
+    m = result["judged_on"]
+    rows = []
+    for u in cfg.upstreams:
+        for b in cfg.budgets_min:
+            e = result["table"][u][budget_name(b)]
+            w = e["weighted"]
+            rows.append({"upstream": u, "budget_minutes": b, "hours": round(b / 60, 6), "metric": m,
+                         "weighted_error": w[m], "weighted_error_std": w[f"{m}_std"],
+                         "ci_low": w[f"{m}_ci"][0], "ci_high": w[f"{m}_ci"][1],
+                         "rel_degradation": w[f"{m}_rel_degradation"],
+                         "weighted_wer": w["wer"], "weighted_wer_std": w["wer_std"],
+                         "weighted_cer": w["cer"], "weighted_cer_std": w["cer_std"], "seeds": e["seeds"]})
+    return rows
+
+
+def per_test_rows(result: dict, cfg: ReportConfig) -> list[dict]:
+    rows = []
+    for u in cfg.upstreams:
+        for b in cfg.budgets_min:
+            for t, v in result["table"][u][budget_name(b)]["tests"].items():
+                rows.append({"upstream": u, "budget_minutes": b, "hours": round(b / 60, 6), "test_set": t,
+                             **v})
+    return rows
+
+
+def metrics_summary(result: dict) -> dict:
+    """The DVC metrics file: seed means per upstream and budget, findings, the matching hours."""
+    out: dict[str, Any] = {"judged_on": result["judged_on"], "weights": result["weights_source"],
+                           "findings": {k: v["holds"] for k, v in result["findings"].items()}}
+    out["weighted"] = {u: {b: {k: round(v, 4) for k, v in e["weighted"].items() if isinstance(v, float)}
+                           for b, e in by_b.items()} for u, by_b in result["table"].items()}
+    out["tests"] = {u: {b: {t: {m: round(v[m], 4) for m in METRICS} for t, v in e["tests"].items()}
+                        for b, e in by_b.items()} for u, by_b in result["table"].items()}
+    if result["match"]:
+        out["match_hours"] = result["match"]["hours"]
+        out["match_ratio"] = result["match"]["ratio"]
+    return out
+
+
+def _fmt(v: float | None, pct: bool = False) -> str:
+    if v is None or (isinstance(v, float) and not math.isfinite(v)):
+        return "n/a"
+    return f"{v:+.1%}" if pct else f"{v:.3f}"
+
+
+def results_markdown(result: dict, cfg: ReportConfig, figures: Sequence[str]) -> str:
+    m = result["judged_on"]
+    budgets = [budget_name(b) for b in cfg.budgets_min]
+    head = "| upstream | " + " | ".join(f"{b} min ({float(b) / 60:.3g} h)" for b in budgets) + " |"
+    sep = "|---" * (len(budgets) + 1) + "|"
+    lines = ["# Sample efficiency: error rate against labeled hours", "",
+             f"Upstreams: {', '.join(cfg.upstreams)}; budgets: {', '.join(budgets)} min; seeds: {cfg.seeds}; "
+             f"test sets: {', '.join(result['test_sets'])}.",
+             f"Weighted error = sum over test sets of w_i x error_i, weights: {result['weights_source']} "
+             f"({', '.join(f'{t} {w:.3f}' for t, w in result['weights'].items())}).",
+             f"**Findings judged on weighted {m.upper()}**: {result['judged_why']}.", ""]
+    for metric in METRICS:
+        lines += [f"## Weighted {metric.upper()} (mean ± std over seeds; [95% bootstrap interval of the "
+                  "mean])", "", head, sep]
+        for u in cfg.upstreams:
+            cells = []
+            for b in budgets:
+                w = result["table"][u][b]["weighted"]
+                cells.append(f"{w[metric]:.3f} ± {w[f'{metric}_std']:.3f} "
+                             f"[{w[f'{metric}_ci'][0]:.3f}, {w[f'{metric}_ci'][1]:.3f}]")
+            lines.append(f"| {u} | " + " | ".join(cells) + " |")
+        lines.append("")
+    lines += [f"## Relative degradation of weighted {m.upper()} against the largest budget", "", head, sep]
+    for u in cfg.upstreams:
+        cells = (_fmt(result["table"][u][b]["weighted"][f"{m}_rel_degradation"], pct=True) for b in budgets)
+        lines.append(f"| {u} | " + " | ".join(cells) + " |")
+    lines += ["", "## Findings", ""]
+    for k in ("F0", "F1", "F2", "F3"):
+        f = result["findings"][k]
+        verdict = {True: "**holds**", False: "**does not hold**", None: "not evaluated"}[f["holds"]]
+        lines.append(f"- **{k}** ({f['claim']}): {verdict}. {f['detail']}.")
+        if f.get("numbers") and k in ("F0", "F1"):
+            lines.append("  " + "; ".join(f"{b} min: " + ", ".join(f"{u} {v:.3f}" for u, v in nums.items())
+                                           for b, nums in f["numbers"].items()))
+    match = result["match"]
+    if match:
+        if match["ratio"]:
+            at_least = "at least " if match["kind"] == "at_most" else ""
+            reach = f"reaches it at {match['text']}: {at_least}{match['ratio']:.3g}x less labeled data."
+        else:
+            reach = "does not reach it within the budgets (no extrapolation)."
+        lines += ["", "## Label hours the larger model needs to match the smaller one", "",
+                  f"`{cfg.smaller}` at the largest budget ({match['largest_hours']:.3g} h): weighted "
+                  f"{m.upper()} {match['target']:.3f}. `{cfg.larger}` {reach}"]
+    lines += ["", f"## {m.upper()} per test set (mean over seeds)", "",
+              "| upstream | budget (min) | " + " | ".join(result["test_sets"]) + " |",
+              "|---|---" + "|---" * len(result["test_sets"]) + "|"]
+    for u in cfg.upstreams:
+        for b in budgets:
+            tests = result["table"][u][b]["tests"]
+            cells = (f"{tests[t][m]:.3f}" for t in result["test_sets"])
+            lines.append(f"| {u} | {b} | " + " | ".join(cells) + " |")
+    lines += ["", "## Training diagnostics (mean over seeds)", "",
+              "| upstream | budget (min) | steps | early-stopped runs | capped while improving "
+              "| best dev CER | layer weights |", "|---|---|---|---|---|---|---|"]
+    for u in cfg.upstreams:
+        for b in budgets:
+            tr = result["table"][u][b].get("training", {})
+            lw = tr.get("layer_weights")
+            weights = ", ".join(f"{w:.2f}" for w in lw) if lw else "n/a"
+            steps = f"{tr['steps']:.0f}" if "steps" in tr else "n/a"
+            lines.append(f"| {u} | {b} | {steps} | {tr.get('stopped_early', 'n/a')} "
+                         f"| {tr.get('capped_improving', 'n/a')} | {_fmt(tr.get('best_dev_cer'))} "
+                         f"| {weights} |")
+    lines += ["", "## Figures", ""] + [f"- [{Path(f).name}]({f})" for f in figures] + [""]
+    return "\n".join(lines)
+
+
+def plot_curves(result: dict, cfg: ReportConfig, metric: str, path: str | Path) -> None:
+    """Weighted error against labeled hours (log x), one line per upstream, bootstrap band, seed spread."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    hours = [b / 60 for b in cfg.budgets_min]
+    for u in cfg.upstreams:
+        ws = [result["table"][u][budget_name(b)]["weighted"] for b in cfg.budgets_min]
+        mean = [w[metric] for w in ws]
+        line, = ax.plot(hours, mean, marker="o", label=u)
+        ax.fill_between(hours, [w[f"{metric}_ci"][0] for w in ws], [w[f"{metric}_ci"][1] for w in ws],
+                        color=line.get_color(), alpha=0.18, linewidth=0)
+        ax.errorbar(hours, mean, yerr=[w[f"{metric}_std"] for w in ws], fmt="none", ecolor=line.get_color(),
+                    capsize=3, linewidth=1)
+    ax.set_xscale("log")
+    ax.set_xlabel("labeled hours (log scale)")
+    ax.set_ylabel(f"weighted {metric.upper()}")
+    ax.set_title(f"Weighted {metric.upper()} vs labeled hours (band: 95% bootstrap CI, bars: seed std)")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(title="upstream")
+    _save(fig, path)
+
+
+def plot_per_test(result: dict, cfg: ReportConfig, metric: str, path: str | Path) -> None:
+    """One panel per test set: error against labeled hours per upstream."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tests = result["test_sets"]
+    cols = min(3, len(tests))
+    rows = math.ceil(len(tests) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.2 * rows), squeeze=False, sharey=True)
+    hours = [b / 60 for b in cfg.budgets_min]
+    for ax, t in zip(axes.flat, tests, strict=False):
+        for u in cfg.upstreams:
+            ax.plot(hours, [result["table"][u][budget_name(b)]["tests"][t][metric] for b in cfg.budgets_min],
+                    marker="o", label=u)
+        ax.set_xscale("log")
+        ax.set_title(t)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.set_xlabel("labeled hours")
+    for ax in axes.flat[len(tests):]:
+        ax.axis("off")
+    axes[0][0].set_ylabel(metric.upper())
+    axes[0][0].legend(fontsize=8)
+    fig.suptitle(f"{metric.upper()} per test set vs labeled hours (mean over seeds)")
+    _save(fig, path)
+
+
+def _save(fig, path: str | Path) -> None:
+    import matplotlib.pyplot as plt
+
+    from labelbudget.io import atomic_path
+
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=120)
+    plt.close(fig)
+
+
+def write_report(result: dict, cfg: ReportConfig, out_dir: str | Path) -> dict[str, Path]:
+    """reports/metrics.json, runs.json, results.md, sample_efficiency.csv, per_test_set.csv, figures/*.png."""
+    import pandas as pd
+
+    from labelbudget.io import write_json, write_text
+
+    out = Path(out_dir)
+    figs = out / "figures"
+    paths = {f"curve_{m}": figs / f"sample_efficiency_{m}.png" for m in METRICS}
+    paths["per_test"] = figs / f"per_test_set_{result['judged_on']}.png"
+    for m in METRICS:
+        plot_curves(result, cfg, m, paths[f"curve_{m}"])
+    plot_per_test(result, cfg, result["judged_on"], paths["per_test"])
+    paths["metrics"] = out / "metrics.json"
+    write_json(paths["metrics"], metrics_summary(result))
+    paths["runs"] = out / "runs.json"
+    write_json(paths["runs"], result["runs"])
+    paths["curve_csv"] = out / "sample_efficiency.csv"
+    write_text(paths["curve_csv"], pd.DataFrame(curve_rows(result, cfg)).to_csv(index=False))
+    paths["per_test_csv"] = out / "per_test_set.csv"
+    write_text(paths["per_test_csv"], pd.DataFrame(per_test_rows(result, cfg)).to_csv(index=False))
+    paths["results"] = out / "results.md"
+    rel = [str(p.relative_to(out)) for p in paths.values() if p.suffix == ".png"]
+    write_text(paths["results"], results_markdown(result, cfg, rel))
+    return paths

@@ -1,0 +1,45 @@
+"""Small Weights & Biases helpers: one run per job, offline unless params or the environment say otherwise.
+
+The mode goes into the environment (`WANDB_MODE`) as well as into `wandb.init`: W&B's service process and
+Lightning's logger read the environment, so setting it only in `init` is not enough. An explicit `WANDB_MODE`
+in the environment wins over params (CI and tests set `disabled` or `offline`). Sync offline runs later with
+`wandb sync wandb/offline-run-*`.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+
+def init_run(wandb_params: dict, *, job_type: str, name: str, config: dict[str, Any],
+             directory: str | Path = ".") -> Any:
+    """Start a W&B run in the experiment's project and group; `finish` it before starting the next one."""
+    os.environ.setdefault("WANDB_MODE", str(wandb_params.get("mode", "offline")))
+    os.environ.setdefault("WANDB_SILENT", "true")
+    import wandb
+
+    Path(directory).mkdir(parents=True, exist_ok=True)
+    return wandb.init(project=wandb_params.get("project", "labelbudget"), group=wandb_params.get("group"),
+                      job_type=job_type, name=name, config=config, dir=str(directory),
+                      mode=os.environ["WANDB_MODE"], reinit="finish_previous")
+
+
+def lightning_logger(run: Any) -> Any:
+    """Lightning logger writing into an existing run (so the config and summary stay in that one run)."""
+    from lightning.pytorch.loggers import WandbLogger
+
+    return WandbLogger(experiment=run)
+
+
+def set_summary(run: Any, values: dict[str, Any]) -> None:
+    for k, v in values.items():
+        run.summary[k] = v
+
+
+def finish(run: Any | None = None) -> None:
+    """End the run: two runs in one process otherwise share one (Lightning's logger reuses the active run)."""
+    import wandb
+
+    (run or wandb).finish()

@@ -1,0 +1,59 @@
+"""Stage `report`: aggregate every evaluation into the sample-efficiency report.
+
+Recomputes all numbers from results/eval/*/hyps.jsonl and writes reports/metrics.json (DVC metrics),
+reports/runs.json (upstream x budget x seed), reports/sample_efficiency.csv (DVC plots),
+reports/per_test_set.csv, reports/results.md (the findings F0-F3) and reports/figures/*.png; then logs the
+table and figures to a W&B summary run (job_type report).
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from labelbudget.config import load_params
+
+EVAL = Path("results/eval")
+OUT = Path("reports")
+
+
+def run(params: dict) -> dict:
+    from labelbudget import report, tracking
+
+    cfg = report.ReportConfig.from_params(params)
+    result = report.build(EVAL, cfg)
+    paths = report.write_report(result, cfg, OUT)
+    for k, f in result["findings"].items():
+        verdict = {True: "holds", False: "does not hold", None: "not evaluated"}[f["holds"]]
+        print(f"{k}: {verdict} - {f['detail']}")
+    print(f"judged on weighted {result['judged_on'].upper()}; report in {paths['results']}")
+
+    if "wandb" in params:
+        import pandas as pd
+        import wandb
+
+        run = tracking.init_run(params["wandb"], job_type="report", name="report",
+                                config={"upstreams": cfg.upstreams, "budgets_min": cfg.budgets_min,
+                                        "seeds": cfg.seeds, "judged_on": result["judged_on"]})
+        try:
+            run.log({"sample_efficiency": wandb.Table(dataframe=pd.read_csv(paths["curve_csv"])),
+                     "per_test_set": wandb.Table(dataframe=pd.read_csv(paths["per_test_csv"])),
+                     **{f"figures/{p.stem}": wandb.Image(str(p)) for p in paths.values() if p.suffix == ".png"}})
+            tracking.set_summary(run, {f"finding/{k}": f["holds"] for k, f in result["findings"].items()})
+            if result["match"]:
+                tracking.set_summary(run, {"match_hours": result["match"]["hours"],
+                                           "match_ratio": result["match"]["ratio"]})
+        finally:
+            tracking.finish(run)
+    return result
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.parse_args(argv)
+    run(load_params())
+
+
+if __name__ == "__main__":
+    main()

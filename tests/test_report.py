@@ -1,0 +1,157 @@
+"""The report recomputes every number from per-utterance files; checked against hand calculations."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from labelbudget import report as R
+from labelbudget.io import write_json, write_jsonl
+
+# Seed values of the weighted WER per (upstream, budget in minutes). Test set A: 2 utterances of 5 words,
+# test set B: 1 utterance of 10 words, so word-count weights are 0.5 / 0.5 and weighted WER = errors / 20.
+WER = {
+    ("large", 60): (0.20, 0.30), ("large", 6): (0.30, 0.30),
+    ("small", 60): (0.40, 0.40), ("small", 6): (0.60, 0.60),
+    ("fbank", 60): (0.35, 0.35), ("fbank", 6): (0.50, 0.50),
+    ("random", 60): (0.45, 0.45), ("random", 6): (0.65, 0.65),
+}
+UPSTREAMS = ["small", "large", "fbank", "random"]
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def load_stage(name: str):
+    """A stage script as a module (stages/ is a folder of scripts, not a package)."""
+    spec = importlib.util.spec_from_file_location(f"stage_{name}", ROOT / "stages" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def utterance_rows(weighted_wer: float) -> list[dict]:
+    """Three utterances whose word errors add up to weighted_wer * 20. Char errors are 2x the word errors over
+    4x the length (A: 20 chars per utterance, B: 40), so the weighted CER is half the weighted WER."""
+    e = round(weighted_wer * 20)
+    a1 = a2 = e // 4
+    b1 = e - a1 - a2
+    return [
+        {"test_set": t, "id": i, "ref": "r", "hyp": "h", "word_errors": e, "words": n, "char_errors": 2 * e,
+         "chars": 4 * n}
+        for t, i, e, n in (("A", "a1", a1, 5), ("A", "a2", a2, 5), ("B", "b1", b1, 10))
+    ]
+
+
+def write_fixture(root: Path) -> dict:
+    for (u, b), per_seed in WER.items():
+        for seed, wer in enumerate(per_seed):
+            d = root / "results" / "eval" / f"{u}-{b}-{seed}"
+            write_jsonl(d / "hyps.jsonl", utterance_rows(wer))
+            # Deliberately wrong summary numbers: the report must recompute from the per-utterance rows.
+            write_json(d / "metrics.json", {"weighted": {"wer": 0.999}, "steps": 100 + seed,
+                                            "best_dev_cer": 0.5, "stopped_early": True,
+                                            "layer_weights": [0.25, 0.75]})
+    params = {"upstreams": UPSTREAMS, "ssl_sizes": ["small", "large"],
+              "subsets": {"budgets_min": [6, 60], "seeds": [0, 1]},
+              "evaluate": {"weights": "words", "bootstrap": 200, "ci": 0.95, "bootstrap_seed": 0},
+              "report": {"smaller": "small", "larger": "large", "baseline": "fbank", "control": "random",
+                         "wer_threshold": 0.5, "f3_margin": 0.25}}
+    (root / "params.yaml").write_text(yaml.safe_dump(params))
+    return params
+
+
+@pytest.fixture
+def fixture_params(tmp_path: Path) -> dict:
+    return write_fixture(tmp_path)
+
+
+def test_weighted_wer_and_degradation_match_a_hand_calculation(tmp_path, fixture_params):
+    cfg = R.ReportConfig.from_params(fixture_params)
+    result = R.build(tmp_path / "results" / "eval", cfg)
+    large = result["table"]["large"]
+    assert large["60"]["weighted"]["wer"] == pytest.approx(0.25)  # (0.20 + 0.30) / 2, not the stored 0.999
+    assert large["60"]["weighted"]["wer_std"] == pytest.approx(0.0707107, rel=1e-5)  # sample std of 0.2, 0.3
+    assert large["6"]["weighted"]["wer"] == pytest.approx(0.30)
+    assert large["6"]["weighted"]["wer_rel_degradation"] == pytest.approx((0.30 - 0.25) / 0.25)
+    assert large["60"]["weighted"]["wer_rel_degradation"] == 0.0
+    assert result["table"]["small"]["6"]["weighted"]["wer_rel_degradation"] == pytest.approx(0.5)
+    # per test set, seed 0 of large@60: 4 word errors -> A gets 1 + 1 of 10 words, B 2 of 10
+    assert result["runs"]["large"]["60"]["0"]["tests"]["A"]["wer"] == pytest.approx(0.2)
+    assert result["weights"] == pytest.approx({"A": 0.5, "B": 0.5})
+    assert large["60"]["weighted"]["cer"] == pytest.approx(0.125)  # half the weighted WER
+    lo, hi = large["60"]["weighted"]["wer_ci"]
+    assert lo <= 0.25 <= hi
+
+
+def test_explicit_weights_change_the_weighted_wer_as_by_hand(tmp_path, fixture_params):
+    fixture_params["evaluate"]["weights"] = {"A": 3, "B": 1}
+    cfg = R.ReportConfig.from_params(fixture_params)
+    result = R.build(tmp_path / "results" / "eval", cfg)
+    # small@6 seed 0: 12 errors -> A: 3 + 3 of 10 words = 0.6, B: 6 of 10 = 0.6 -> 0.6 whatever the weights;
+    # large@60 seed 0: 4 errors -> A 0.2, B 0.2; seed 1: 6 errors -> A (1+1)/10 = 0.2, B 4/10 = 0.4
+    # weighted seed 1 = 0.75 * 0.2 + 0.25 * 0.4 = 0.25; mean over seeds (0.2 + 0.25) / 2
+    assert result["table"]["large"]["60"]["weighted"]["wer"] == pytest.approx(0.225)
+
+
+def test_findings_hold_on_a_fixture_built_to_satisfy_them(tmp_path, fixture_params):
+    result = R.build(tmp_path / "results" / "eval", R.ReportConfig.from_params(fixture_params))
+    assert result["judged_on"] == "wer"  # every upstream's WER at 60 min is below 0.5
+    f = result["findings"]
+    assert {k: v["holds"] for k, v in f.items()} == {"F0": True, "F1": True, "F2": True, "F3": True}
+    assert f["F2"]["numbers"] == {"large": pytest.approx(0.2), "small": pytest.approx(0.5)}
+    assert f["F3"]["numbers"]["relative_gain"] == pytest.approx((0.5 - 0.3) / 0.5)
+    # large already matches small@60 (0.40) at its smallest budget (0.1 h): at most 0.1 h, >= 10x less
+    assert result["match"]["kind"] == "at_most" and result["match"]["ratio"] == pytest.approx(10)
+
+
+def test_findings_fail_when_the_larger_model_is_worse(tmp_path, fixture_params):
+    result = R.build(tmp_path / "results" / "eval", R.ReportConfig.from_params(fixture_params))
+    table = result["table"]
+    table["large"], table["small"] = table["small"], table["large"]
+    cfg = R.ReportConfig.from_params(fixture_params)
+    f = R.findings(table, cfg, "wer")
+    assert f["F1"]["holds"] is False and f["F2"]["holds"] is False and f["F3"]["holds"] is False
+    assert f["F0"]["holds"] is True
+
+
+def test_findings_are_judged_on_cer_when_wer_saturates():
+    table = {"a": {"60": {"weighted": {"wer": 0.3}}}, "b": {"60": {"weighted": {"wer": 0.93}}}}
+    metric, why = R.judged_metric(table, "60", 0.5)
+    assert metric == "cer" and "b" in why
+    assert R.judged_metric({"a": {"60": {"weighted": {"wer": 0.3}}}}, "60", 0.5)[0] == "wer"
+
+
+def test_hours_to_match_interpolates_in_log_hours():
+    m = R.hours_to_match([0.1, 1.0], [0.5, 0.3], target=0.4)
+    assert m["kind"] == "interpolated" and m["hours"] == pytest.approx(0.1**0.5)
+    assert R.hours_to_match([0.1, 1.0], [0.5, 0.45], target=0.4)["kind"] == "not_reached"
+
+
+def test_missing_evaluations_are_named(tmp_path, fixture_params):
+    fixture_params["subsets"]["seeds"] = [0, 1, 2]
+    with pytest.raises(R.ReportError, match="small-6-2"):
+        R.build(tmp_path / "results" / "eval", R.ReportConfig.from_params(fixture_params))
+
+
+def test_report_stage_writes_metrics_table_markdown_and_figures(tmp_path, fixture_params, monkeypatch):
+    stage = load_stage("report")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    fixture_params["wandb"] = {"project": "labelbudget-test", "group": "test", "mode": "disabled"}
+    stage.run(fixture_params)
+    reports = tmp_path / "reports"
+    for name in ("sample_efficiency_wer.png", "sample_efficiency_cer.png", "per_test_set_wer.png"):
+        assert (reports / "figures" / name).stat().st_size > 10_000
+    metrics = json.loads((reports / "metrics.json").read_text())
+    assert metrics["findings"] == {"F0": True, "F1": True, "F2": True, "F3": True}
+    assert metrics["weighted"]["large"]["6"]["wer_rel_degradation"] == pytest.approx(0.2)
+    csv = (reports / "sample_efficiency.csv").read_text().splitlines()
+    assert csv[0].startswith("upstream,budget_minutes,hours,metric,weighted_error")
+    assert len(csv) == 1 + len(UPSTREAMS) * 2
+    md = (reports / "results.md").read_text()
+    assert "judged on weighted WER" in md and "**F2**" in md and "holds" in md
+    runs = json.loads((reports / "runs.json").read_text())
+    assert runs["fbank"]["60"]["1"]["weighted"]["wer"] == pytest.approx(0.35)
