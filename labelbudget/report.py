@@ -425,6 +425,15 @@ def results_markdown(result: dict, cfg: ReportConfig, figures: Sequence[str]) ->
             lines.append(f"| {u} | {b} | {steps} | {tr.get('stopped_early', 'n/a')} "
                          f"| {tr.get('capped_improving', 'n/a')} | {_fmt(tr.get('best_dev_cer'))} "
                          f"| {weights} |")
+    if result.get("pretraining"):
+        lines += ["", "## SSL pretraining (evidence for the premise F0)", "",
+                  "| size | parameters | updates | wall (s) | final loss | masked accuracy | target usage "
+                  "| target perplexity |", "|---|---|---|---|---|---|---|---|"]
+        for size, pm in result["pretraining"].items():
+            lines.append(f"| {size} | {pm.get('parameters', 0) / 1e6:.1f}M | {pm.get('steps', 'n/a')} "
+                         f"| {pm.get('wall_seconds', 'n/a')} | {_fmt(pm.get('train/loss'))} "
+                         f"| {_fmt(pm.get('train/masked_acc'))} | {_fmt(pm.get('train/target_usage'))} "
+                         f"| {pm.get('train/target_ppl', float('nan')):.0f} |")
     lines += ["", "## Figures", ""] + [f"- [{Path(f).name}]({f})" for f in figures] + [""]
     return "\n".join(lines)
 
@@ -492,6 +501,33 @@ def _save(fig, path: str | Path) -> None:
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=120)
     plt.close(fig)
+
+
+def plot_pretraining(histories: Mapping[str, Path], path: str | Path) -> bool:
+    """Loss, masked accuracy and target usage against updates, one line per SSL size (Lightning CSV logs)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import pandas as pd
+
+    panels = [("train/loss", "loss"), ("train/masked_acc", "masked accuracy"), ("train/target_usage", "target usage")]
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    drawn = False
+    for size, csv in histories.items():
+        df = pd.read_csv(csv)
+        for ax, (col, title) in zip(axes, panels, strict=True):
+            if col in df:
+                d = df[["step", col]].dropna()
+                ax.plot(d["step"], d[col], label=size)
+                ax.set_title(title)
+                ax.set_xlabel("update")
+                drawn = True
+    if drawn:
+        axes[0].legend()
+        _save(fig, path)
+    plt.close(fig)
+    return drawn
 
 
 def write_report(result: dict, cfg: ReportConfig, out_dir: str | Path) -> dict[str, Path]:

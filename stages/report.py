@@ -12,8 +12,10 @@ import argparse
 from pathlib import Path
 
 from labelbudget.config import load_params
+from labelbudget.io import read_json
 
 EVAL = Path("results/eval")
+PRETRAIN = Path("models/pretrain")
 OUT = Path("reports")
 
 
@@ -22,7 +24,14 @@ def run(params: dict) -> dict:
 
     cfg = report.ReportConfig.from_params(params)
     result = report.build(EVAL, cfg)
+    # Pretraining diagnostics (loss, masked accuracy, target usage) sit beside the findings they explain.
+    result["pretraining"] = {s: read_json(PRETRAIN / s / "metrics.json") for s in params.get("ssl_sizes", [])
+                             if (PRETRAIN / s / "metrics.json").exists()}
     paths = report.write_report(result, cfg, OUT)
+    histories = {s: PRETRAIN / s / "history.csv" for s in result["pretraining"]
+                 if (PRETRAIN / s / "history.csv").exists()}
+    if report.plot_pretraining(histories, OUT / "figures" / "pretraining.png"):
+        paths["pretraining"] = OUT / "figures" / "pretraining.png"
     for k, f in result["findings"].items():
         verdict = {True: "holds", False: "does not hold", None: "not evaluated"}[f["holds"]]
         print(f"{k}: {verdict} - {f['detail']}")
