@@ -4,6 +4,8 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+# Tests and stages call `dvc`, `labelbudget` and `prefect` as commands: the venv's come first.
+export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
 # Offline by default: no telemetry, W&B run files written locally (sync later with `wandb sync`).
 export WANDB_MODE ?= offline
