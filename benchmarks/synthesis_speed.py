@@ -31,7 +31,8 @@ def main() -> None:
         wall = time.perf_counter() - t
         hours = sum(total_hours(corpus.read(p)) for p in corpus.parts)
     print(f"{hours:.3f} h of audio in {wall:.1f} s on {cfg.workers or os.cpu_count()} processes "
-          f"(text generation {t_text:.1f} s of it): {wall / hours:.1f} s per audio hour, "
+          f"(includes text generation, {t_text:.1f} s when timed alone, mostly loading the Markov model): "
+          f"{wall / hours:.1f} s per audio hour, "
           f"{hours * 3600 / wall:.0f}x real time")
 
 
