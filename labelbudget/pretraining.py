@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 import time
 from pathlib import Path
@@ -62,7 +61,9 @@ def pretrain(size: str, params: dict, out: Path, corpus_dir: Path = Path("data/c
     import lightning as L
     from lightning.pytorch.callbacks import Callback, ModelCheckpoint
     from lightning.pytorch.loggers import CSVLogger
+    from lightning.pytorch.utilities import rank_zero_only
 
+    from labelbudget import tracking
     from labelbudget.ssl import make_ssl_module
 
     p, seed = params["pretrain"], int(params["seed"])
@@ -105,15 +106,11 @@ def pretrain(size: str, params: dict, out: Path, corpus_dir: Path = Path("data/c
                 raise RuntimeError(f"simulated crash at step {fail_at_step}")
 
     loggers = [CSVLogger(str(out / "logs"), name="", version="")]
-    if params.get("wandb", {}).get("mode", "offline") != "disabled":
-        from lightning.pytorch.loggers import WandbLogger
-
-        w = params["wandb"]
-        os.environ.setdefault("WANDB_MODE", w.get("mode", "offline"))
-        loggers.append(WandbLogger(project=w["project"], group=w["group"], job_type="pretrain",
-                                   name=f"pretrain-{size}", save_dir=".", config={
-                                       "size": size, "parameters": count_parameters(module.encoder),
-                                       **cfg.to_dict(), **p}))
+    run = None
+    if params.get("wandb", {}).get("mode", "offline") != "disabled" and rank_zero_only.rank == 0:
+        run = tracking.init_run(params["wandb"], job_type="pretrain", name=f"pretrain-{size}", config={
+            "size": size, "parameters": count_parameters(module.encoder), **cfg.to_dict(), **p})
+        loggers.append(tracking.lightning_logger(run))
     trainer = L.Trainer(
         max_steps=p["max_steps"], max_epochs=-1, max_time={"minutes": p["max_minutes"]},
         precision=resolve_precision(p["precision"]), gradient_clip_val=p["grad_clip"],
@@ -126,10 +123,8 @@ def pretrain(size: str, params: dict, out: Path, corpus_dir: Path = Path("data/c
     start = time.time()
     trainer.fit(module, datamodule=Data(), ckpt_path=str(last) if last.exists() else None)
     wall = time.time() - start
-    if params.get("wandb", {}).get("mode", "offline") != "disabled":
-        import wandb
-
-        wandb.finish()
+    if run is not None:
+        tracking.finish(run)
     trainer.save_checkpoint(str(last))  # the final state, so a longer run can resume (collective under DDP)
     if trainer.global_rank != 0:
         return {}
