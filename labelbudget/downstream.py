@@ -5,14 +5,12 @@ features (frames, layers, dim) --CMVN per layer--> learned softmax-weighted laye
   --> SpecAugment (training only) --> Conv1d(k=3) projection [--> conv blocks] --> BiLSTM --> Linear
   --> character CTC at `upsample` x `frame_rate` (25 Hz alone is too coarse for fast speech's characters).
 
-Training: AdamW with warmup and cosine decay over the step cap; dev CER every `eval_every` steps; early
-stopping on dev CER that starts counting only once the model has left the all-blank phase (CTC models emit
-only blanks for their first steps, while dev CER is flat at 1.0); the best dev-CER weights are kept.
-
-Step cap rule (`step_cap`): cap = clip(ref_steps * (budget_minutes / ref_minutes) ** exponent, min, max).
-The default (400 steps at 60 min, exponent 0.3) gives a budget 10x smaller 2x fewer steps: a small budget
-overfits within a few hundred steps and early stopping ends it, but every run first spends ~75 steps leaving
-the all-blank phase, so steps cannot shrink in proportion to the labels.
+Training: AdamW with warmup then a constant rate; dev CER every `eval_every` steps; early stopping on dev
+CER that starts counting only once the model has left the all-blank phase (CTC models emit only blanks for
+their first steps, while dev CER is flat at 1.0); the best dev-CER weights are kept. One rule for every
+upstream and budget: stop after `patience` evaluations without an improvement of at least `min_delta`, or at
+the generous `max_steps`. A run stopped by patience has converged; one stopped by `max_steps` has not (the
+report counts them), and one that never left the all-blank phase is degenerate.
 
 Lightning is imported only inside the training function: evaluation needs nothing but torch.
 """
@@ -23,7 +21,7 @@ import copy
 import math
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import numpy as np
@@ -46,21 +44,6 @@ class DownstreamInputError(ValueError):
 # --- configuration ------------------------------------------
 
 @dataclass
-class StepRule:
-    ref_minutes: float = 60.0
-    ref_steps: int = 400
-    exponent: float = 0.3
-    min: int = 120
-    max: int = 2000
-
-
-def step_cap(budget_minutes: float, rule: StepRule) -> int:
-    """Maximum optimizer steps for a label budget (see the module docstring)."""
-    raw = rule.ref_steps * (budget_minutes / rule.ref_minutes) ** rule.exponent
-    return int(min(rule.max, max(rule.min, round(raw))))
-
-
-@dataclass
 class DownstreamConfig:
     layer: str | int = "weighted"  # "weighted": softmax-weighted sum of all kept layers; int: that layer only
     dim: int = 256  # width of the input projection and the conv blocks
@@ -80,9 +63,10 @@ class DownstreamConfig:
     weight_decay: float = 0.01
     warmup_steps: int = 50
     grad_clip: float = 5.0
-    step_cap: StepRule = field(default_factory=StepRule)
+    max_steps: int = 3000  # a generous maximum: runs are meant to stop by patience
     eval_every: int = 25  # steps between dev evaluations
     patience: int = 4  # dev evaluations without improvement, counted after the all-blank phase
+    min_delta: float = 0.002  # dev CER must drop by at least this much to count as an improvement
     blank_exit: float = 0.3  # left the all-blank phase once dev output has this share of the reference chars
     cmvn_utterances: int = 400  # utterances of the budget used for the normalisation statistics
     num_threads: int = 0  # torch threads; 0: torch default
@@ -94,9 +78,6 @@ class DownstreamConfig:
         unknown = sorted(set(p) - known)
         if unknown:
             raise DownstreamInputError(f"params finetune: unknown keys {unknown}; known: {sorted(known)}")
-        p = dict(p)
-        if "step_cap" in p:
-            p["step_cap"] = StepRule(**p["step_cap"])
         cfg = cls(**p)
         if not (cfg.layer == "weighted" or isinstance(cfg.layer, int)):
             raise DownstreamInputError(f"params finetune.layer: {cfg.layer!r}; use 'weighted' or a layer")
@@ -117,21 +98,33 @@ def layer_index(store: FeatureStore, layer: str | int) -> int | None:
 
 
 class FeatureDataset(torch.utils.data.Dataset):
-    """(features, target) pairs of a list of utterances; features float32 (frames, layers, dim)."""
+    """(features, target) pairs of a list of utterances; features float32 (frames, layers, dim).
+
+    `in_memory`: read every utterance once into one float16 block (a training run visits each utterance
+    hundreds of times; memmap reads, page faults and per-item copies then cost more than the model)."""
 
     def __init__(self, store: FeatureStore, ids: Sequence[str], texts: dict[str, str] | None = None,
-                 layer: int | None = None):
+                 layer: int | None = None, in_memory: bool = False):
         self.store, self.ids, self.texts, self.layer = store, list(ids), texts, layer
         self.lengths = [int(store[i].shape[0]) for i in self.ids]  # memmap slices: no data read
+        self._block: np.ndarray | None = None
+        if in_memory and self.ids:
+            self.offsets = np.concatenate([[0], np.cumsum(self.lengths)[:-1]]).astype(np.int64)
+            self._block = np.concatenate([self._read(uid) for uid in self.ids])
+
+    def _read(self, uid: str) -> np.ndarray:
+        x = self.store[uid]
+        return x if self.layer is None else x[:, self.layer : self.layer + 1]
 
     def __len__(self) -> int:
         return len(self.ids)
 
     def __getitem__(self, k: int) -> dict:
         uid = self.ids[k]
-        x = self.store[uid]
-        if self.layer is not None:
-            x = x[:, self.layer : self.layer + 1]
+        if self._block is not None:
+            x = self._block[self.offsets[k] : self.offsets[k] + self.lengths[k]]
+        else:
+            x = self._read(uid)
         item = {"id": uid, "feats": torch.from_numpy(np.asarray(x, dtype=np.float32))}
         if self.texts is not None:
             item["target"] = torch.tensor(encode(self.texts[uid]), dtype=torch.long)
@@ -359,8 +352,8 @@ class BlankAwareStopping:
     dev output reaches `blank_exit` of the reference characters); before that dev CER sits at 1.0 while the
     model is still learning, and a plain patience would stop it there."""
 
-    def __init__(self, patience: int, blank_exit: float):
-        self.patience, self.blank_exit = patience, blank_exit
+    def __init__(self, patience: int, blank_exit: float, min_delta: float = 0.0):
+        self.patience, self.blank_exit, self.min_delta = patience, blank_exit, min_delta
         self.best = math.inf
         self.best_step = 0
         self.left_blank_step: int | None = None
@@ -368,9 +361,10 @@ class BlankAwareStopping:
 
     def update(self, step: int, cer: float, output_share: float) -> tuple[bool, bool]:
         """Record one dev evaluation; returns (improved, stop)."""
-        if self.left_blank_step is None and output_share >= self.blank_exit:
+        # Output alone is not enough: an untrained model emits random characters before it learns blanks.
+        if self.left_blank_step is None and output_share >= self.blank_exit and cer < 1.0:
             self.left_blank_step = step
-        improved = cer < self.best
+        improved = cer < self.best - self.min_delta
         if improved:
             self.best, self.best_step, self.bad = cer, step, 0
         elif self.left_blank_step is not None:
@@ -382,19 +376,29 @@ class BlankAwareStopping:
 class TrainResult:
     model: DownstreamModel
     steps: int
-    step_cap: int
+    max_steps: int
     best_step: int
     best_dev_cer: float
     left_blank_step: int | None
-    stopped_early: bool
+    stopped_early: bool  # by patience: converged
     seconds: float
     seconds_per_step: float
     history: list[dict]
     layer_weights: list[float]
+    non_finite_loss: bool = False
+
+    @property
+    def degenerate(self) -> bool:
+        """Never left the all-blank phase, or the loss went NaN: its scores say nothing about its upstream."""
+        return self.left_blank_step is None or self.non_finite_loss
+
+    @property
+    def stop_reason(self) -> str:
+        return "patience" if self.stopped_early else "max_steps"
 
 
 def train(cfg: DownstreamConfig, train_set: FeatureDataset, dev_set: FeatureDataset,
-          dev_texts: dict[str, str], budget_minutes: float, seed: int, logger=None,
+          dev_texts: dict[str, str], seed: int, logger=None,
           verbose: bool = True) -> TrainResult:
     """Train one downstream model; returns it with its best dev-CER weights loaded."""
     import logging
@@ -407,6 +411,7 @@ def train(cfg: DownstreamConfig, train_set: FeatureDataset, dev_set: FeatureData
     # Lightning's banner lines (GPU/TPU available, tips) would be repeated in every one of dozens of runs.
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", message=".*LeafSpec.*")
+    warnings.filterwarnings("ignore", message=".*training_step. returned .None.*")  # our non-finite guard
 
     if len(train_set) == 0:
         raise DownstreamInputError("empty training set")
@@ -417,7 +422,7 @@ def train(cfg: DownstreamConfig, train_set: FeatureDataset, dev_set: FeatureData
     model = DownstreamModel(cfg, num_layers=train_set[0]["feats"].shape[1], dim=store.dim,
                             input_rate=float(store.meta["frame_rate"]))
     model.set_stats(*feature_stats(train_set, cfg.cmvn_utterances))
-    cap = step_cap(budget_minutes, cfg.step_cap)
+    cap = cfg.max_steps
     dev_ids = dev_set.ids
     dev_refs = [dev_texts[i] for i in dev_ids]
     dev_ref_chars = sum(len(r) for r in dev_refs)
@@ -427,20 +432,21 @@ def train(cfg: DownstreamConfig, train_set: FeatureDataset, dev_set: FeatureData
             super().__init__()
             self.model = model
 
-        def training_step(self, batch: dict, _: int) -> torch.Tensor:
+        def training_step(self, batch: dict, _: int) -> torch.Tensor | None:
             log_probs, lens = self.model(batch["feats"], batch["lengths"])
             loss = ctc_loss(log_probs, lens, batch["targets"], batch["target_lengths"])
+            if not torch.isfinite(loss):  # stop: a NaN step would destroy the weights
+                dev_cb.non_finite = True
+                self.trainer.should_stop = True
+                return None
             self.log("train/loss", loss, batch_size=len(batch["ids"]))
             return loss
 
         def configure_optimizers(self):
             opt = torch.optim.AdamW(self.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
 
-            def schedule(step: int) -> float:
-                if step < cfg.warmup_steps:
-                    return (step + 1) / cfg.warmup_steps
-                progress = (step - cfg.warmup_steps) / max(1, cap - cfg.warmup_steps)
-                return 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+            def schedule(step: int) -> float:  # warm-up, then constant: when the run ends is early stopping's call
+                return min(1.0, (step + 1) / max(1, cfg.warmup_steps))
 
             sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
             return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
@@ -449,9 +455,10 @@ def train(cfg: DownstreamConfig, train_set: FeatureDataset, dev_set: FeatureData
         """Dev CER every `eval_every` steps, best weights, early stopping after the all-blank phase."""
 
         def __init__(self):
-            self.stopper = BlankAwareStopping(cfg.patience, cfg.blank_exit)
+            self.stopper = BlankAwareStopping(cfg.patience, cfg.blank_exit, cfg.min_delta)
             self.best_state: dict | None = None
             self.stopped_early = False
+            self.non_finite = False
             self.history: list[dict] = []
 
         def evaluate(self, trainer, lit) -> None:
@@ -504,11 +511,11 @@ def train(cfg: DownstreamConfig, train_set: FeatureDataset, dev_set: FeatureData
     model.eval()
     steps = trainer.global_step
     stopper = dev_cb.stopper
-    return TrainResult(model=model, steps=steps, step_cap=cap, best_step=stopper.best_step,
+    return TrainResult(model=model, steps=steps, max_steps=cap, best_step=stopper.best_step,
                        best_dev_cer=stopper.best, left_blank_step=stopper.left_blank_step,
                        stopped_early=dev_cb.stopped_early, seconds=seconds,
                        seconds_per_step=seconds / max(1, steps), history=dev_cb.history,
-                       layer_weights=model.layer_weights().detach().tolist())
+                       layer_weights=model.layer_weights().detach().tolist(), non_finite_loss=dev_cb.non_finite)
 
 
 # --- inputs ------------------------------------------

@@ -31,6 +31,10 @@ class CheckpointError(RuntimeError):
     pass
 
 
+class NonFiniteFeaturesError(FloatingPointError):
+    pass
+
+
 @dataclass
 class Upstream:
     name: str
@@ -121,7 +125,13 @@ def featurize(up: Upstream, logmel: LogMel, wav: torch.Tensor, lengths: torch.Te
             hidden, out_len = up.encoder(feats, flens, max_layer=max(layers))
             stacked = torch.stack([hidden[i] for i in layers], dim=2)
     stacked = stacked.to(torch.float16).cpu().numpy()
-    return [stacked[b, : int(n)] for b, n in enumerate(out_len.cpu())]
+    out = [stacked[b, : int(n)] for b, n in enumerate(out_len.cpu())]
+    bad = [b for b, f in enumerate(out) if not np.isfinite(f).all()]
+    if bad:  # a diverged checkpoint, or values beyond float16's range: never cached, never trained on
+        raise NonFiniteFeaturesError(f"upstream {up.name!r} ({up.checkpoint[:16]}): non-finite features "
+                                     f"(NaN/inf, or beyond float16) for {len(bad)} of {len(out)} utterances "
+                                     f"of a batch")
+    return out
 
 
 def extract_part(up: Upstream, corpus: Corpus, part: str, out: Path, layers: list[int], batch_seconds: float,
@@ -158,7 +168,12 @@ def extract_part(up: Upstream, corpus: Corpus, part: str, out: Path, layers: lis
         feats: dict[int, np.ndarray] = {}
         for batch in bucket_batches(ds.durations, batch_seconds):
             wav, lengths = collate_waves([ds[j] for j in batch])
-            for j, f in zip(batch, featurize(up, logmel, wav, lengths, layers, device), strict=True):
+            try:
+                batch_feats = featurize(up, logmel, wav, lengths, layers, device)
+            except NonFiniteFeaturesError as e:
+                raise NonFiniteFeaturesError(f"{e} in part {part!r} (e.g. {ds.paths[batch[0]]}); "
+                                             "nothing written for this shard") from None
+            for j, f in zip(batch, batch_feats, strict=True):
                 feats[j] = f
         writer.write(ids, [feats[j] for j in range(len(ids))])
         if progress:

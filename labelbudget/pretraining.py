@@ -15,7 +15,7 @@ from labelbudget.encoder import EncoderConfig, count_parameters
 from labelbudget.io import atomic_path, write_json
 from labelbudget.logmel import LogMel, normalize, subsampled_lengths
 from labelbudget.manifest import Corpus
-from labelbudget.ssl import STACK, KMeansQuantizer, stack_frames
+from labelbudget.ssl import STACK, KMeansQuantizer, NonFiniteLossError, stack_frames
 
 FORMAT = "labelbudget-ssl/1"
 # Keys that change the trained weights; the rest (time cap, checkpoint cadence, devices) may change on resume.
@@ -87,7 +87,10 @@ def pretrain(size: str, params: dict, out: Path, corpus_dir: Path = Path("data/c
 
     L.seed_everything(seed, workers=True, verbose=False)
     quantizer = fit_kmeans(rows, corpus, p, cfg.n_mels, seed) if p["objective"] == "hubert" else None
-    module = make_ssl_module(cfg, p, seed, quantizer)
+    precision = resolve_precision(p["precision"])
+    # Lightning refuses gradient clipping with a fused optimizer under mixed precision (CUDA bf16 crashed at
+    # the first step): fused only for full-precision training.
+    module = make_ssl_module(cfg, p, seed, quantizer, fused=precision in ("32-true", "32", 32))
     gpu = torch.cuda.is_available()
 
     class Data(L.LightningDataModule):
@@ -113,7 +116,7 @@ def pretrain(size: str, params: dict, out: Path, corpus_dir: Path = Path("data/c
         loggers.append(tracking.lightning_logger(run))
     trainer = L.Trainer(
         max_steps=p["max_steps"], max_epochs=-1, max_time={"minutes": p["max_minutes"]},
-        precision=resolve_precision(p["precision"]), gradient_clip_val=p["grad_clip"],
+        precision=precision, gradient_clip_val=p["grad_clip"],
         accelerator="auto", devices=p["devices"], num_nodes=p["num_nodes"], strategy=p["strategy"],
         use_distributed_sampler=False, logger=loggers, enable_model_summary=False,
         log_every_n_steps=max(1, min(10, p["max_steps"] // 10)),
@@ -121,10 +124,21 @@ def pretrain(size: str, params: dict, out: Path, corpus_dir: Path = Path("data/c
                                    save_top_k=0), CrashAt()],
     )
     start = time.time()
-    trainer.fit(module, datamodule=Data(), ckpt_path=str(last) if last.exists() else None)
+    hist = out / "logs" / "metrics.csv"
+    try:
+        trainer.fit(module, datamodule=Data(), ckpt_path=str(last) if last.exists() else None)
+    except NonFiniteLossError:
+        # Keep the curves that show the divergence; export nothing.
+        for lg in loggers[:1]:
+            lg.save()
+        if hist.exists():
+            shutil.copyfile(hist, out / "history.csv")
+        (out / "model.pt").unlink(missing_ok=True)
+        raise
+    finally:
+        if run is not None:
+            tracking.finish(run)
     wall = time.time() - start
-    if run is not None:
-        tracking.finish(run)
     trainer.save_checkpoint(str(last))  # the final state, so a longer run can resume (collective under DDP)
     if trainer.global_rank != 0:
         return {}
@@ -133,14 +147,22 @@ def pretrain(size: str, params: dict, out: Path, corpus_dir: Path = Path("data/c
                "parameters": count_parameters(module.encoder), "objective": p["objective"], **metrics}
     export(module, size, p["objective"], trainer.global_step, out / "model.pt")
     write_json(out / "metrics.json", summary)
-    hist = out / "logs" / "metrics.csv"
     if hist.exists():
         shutil.copyfile(hist, out / "history.csv")
     return summary
 
 
+def non_finite_tensors(state: dict[str, torch.Tensor]) -> list[str]:
+    return [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+
+
 def export(module, size: str, objective: str, steps: int, path: Path) -> None:
-    """Everything extraction needs, loadable with `torch.load(weights_only=True)`: tensors and plain types."""
+    """Everything extraction needs, loadable with `torch.load(weights_only=True)`: tensors and plain types.
+    Refuses (and writes nothing) when any weight is NaN or infinite."""
+    bad = non_finite_tensors(module.encoder.state_dict()) + non_finite_tensors(module.head.state_dict())
+    if bad:
+        raise NonFiniteLossError(f"pretrain@{size}: {len(bad)} weight tensor(s) hold NaN/inf after {steps} "
+                                 f"updates (e.g. {bad[:3]}); nothing exported to {path}")
     blob = {
         "format": FORMAT, "size": size, "objective": objective, "steps": steps,
         "encoder_config": module.cfg.to_dict(),

@@ -3,14 +3,22 @@
 Every number is recomputed from the per-utterance files of the `evaluate` stage (results/eval/*/hyps.jsonl).
 
 - Aggregation: upstream x budget -> per test set and weighted WER/CER, mean and sample std over seeds.
-- Band: 95% bootstrap interval of the seed-averaged weighted error, resampling test utterances (the same
-  resample for every seed, test sets as strata).
+- Uncertainty: a paired bootstrap over test utterances (test sets as strata) and subset seeds. Every
+  replicate draws one utterance resample and one seed resample shared by all upstreams and budgets (every
+  model is scored on the same utterances, and seed s is the same labeled subset for every upstream), so a
+  difference between two upstreams has an interval of its own. Band: the 95% interval of a seed-mean error.
 - Relative degradation of budget b: (E_b - E_largest) / E_largest, per upstream, on the seed means.
 - Judged metric: WER when every upstream's weighted WER at the largest budget is below `wer_threshold` (0.5),
   else CER (WER saturates near 1.0 long before CER does).
 - Findings: F0 every SSL size beats the random control at every budget; F1 the larger SSL model beats the
   smaller at every budget; F2 the larger model degrades less from the largest to the smallest budget; F3 at
   the smallest budget the larger model beats fbank by at least `f3_margin` relative.
+- Verdicts: "holds" only when the 95% interval of every difference the claim makes lies on its side (for F2
+  the interval of the difference of the two degradations); "does not hold" when one lies entirely on the
+  other side; "inconclusive" otherwise. "invalid" (whatever the numbers say) when an upstream the finding
+  involves is unsound: a degenerate run (never left the all-blank phase, or a NaN loss), fewer than
+  `min_converged` of its runs stopped by patience rather than by the step maximum, or (SSL sizes) pretraining
+  diagnostics missing or non-finite.
 - Label hours the larger model needs to match the smaller one at the largest budget: log-linear interpolation
   of the larger model's error curve between budgets (no extrapolation beyond them).
 """
@@ -49,6 +57,7 @@ class ReportConfig:
     control: str = "random"
     wer_threshold: float = 0.5
     f3_margin: float = 0.25
+    min_converged: float = 0.9  # share of an upstream's finetunes that must stop by patience
     weights: Any = M.WORD_COUNT_WEIGHTS
     bootstrap: int = 1000
     ci: float = 0.95
@@ -68,6 +77,9 @@ class ReportConfig:
                 raise ReportError(f"params report.{role}: {getattr(cfg, role)!r} is not in ssl_sizes "
                                   f"{cfg.ssl_sizes}")
         return cfg
+
+
+VERDICTS = ("holds", "does not hold", "inconclusive", "invalid", "not evaluated")
 
 
 @dataclass
@@ -155,39 +167,82 @@ def aggregate(runs: Sequence[Run], cfg: ReportConfig) -> dict:
                 vals = [s["tests"][t][m] for s in scores]
                 entry["tests"][t][m] = float(np.mean(vals))
                 entry["tests"][t][f"{m}_std"] = _std(vals)
-        band = _seed_mean_band(rs, scores[0]["weights"], cfg)
         for m in METRICS:
             vals = [s["weighted"][m] for s in scores]
             entry["weighted"][m] = float(np.mean(vals))
             entry["weighted"][f"{m}_std"] = _std(vals)
             entry["weighted"][f"{m}_min"], entry["weighted"][f"{m}_max"] = float(min(vals)), float(max(vals))
-            entry["weighted"][f"{m}_ci"] = band[m]
         entry["training"] = _training_summary(rs)
         table.setdefault(u, {})[budget_name(b)] = entry
+    reps = bootstrap_replicates(runs, weights_used, cfg)
+    for (u, b), r in reps.items():
+        for m in METRICS:
+            table[u][b]["weighted"][f"{m}_ci"] = list(M.interval(r[m], cfg.ci))
     for by_budget in table.values():
         largest = by_budget[budget_name(max(cfg.budgets_min))]["weighted"]
         for entry in by_budget.values():
             for m in METRICS:
                 entry["weighted"][f"{m}_rel_degradation"] = relative_degradation(entry["weighted"][m],
                                                                                  largest[m])
-    return {"table": table, "runs": per_run, "test_sets": test_sets, "weights": weights_used}
+    return {"table": table, "runs": per_run, "test_sets": test_sets, "weights": weights_used, "replicates": reps}
 
 
-def _seed_mean_band(rs: Sequence[Run], weights: Mapping[str, float],
-                    cfg: ReportConfig) -> dict[str, list[float]]:
-    """Bootstrap interval of the seed-mean weighted rate: one utterance resample shared by all seeds."""
+def bootstrap_replicates(runs: Sequence[Run], weights: Mapping[str, float], cfg: ReportConfig
+                         ) -> dict[tuple[str, str], dict[str, np.ndarray]]:
+    """(upstream, budget) -> metric -> `cfg.bootstrap` replicates of the seed-mean weighted rate, from one
+    shared resample of utterances (per test set) and of seeds per replicate: comparisons are paired."""
     rng = np.random.default_rng(cfg.seed)
-    arrays = [_per_test_arrays(r.rows) for r in rs]
-    reps = {m: np.zeros(cfg.bootstrap) for m in METRICS}
+    arrays = {(r.upstream, budget_name(r.budget_min), r.seed): _per_test_arrays(r.rows) for r in runs}
+    ref = next(iter(arrays.values()))
+    idx = {}
     for t in weights:
-        ids = arrays[0][t]["ids"]
-        if any(not np.array_equal(a[t]["ids"], ids) for a in arrays[1:]):
-            raise ReportError(f"test set {t!r}: seeds were scored on different utterances")
-        idx = M.resample_indices(len(ids), cfg.bootstrap, rng)
-        for m, e, n in (("wer", "word_errors", "words"), ("cer", "char_errors", "chars")):
-            per_seed = [M.bootstrap_rates(a[t][e], a[t][n], idx) for a in arrays]
-            reps[m] += weights[t] * np.mean(per_seed, axis=0)
-    return {m: list(M.interval(reps[m], cfg.ci)) for m in METRICS}
+        ids = ref[t]["ids"]
+        bad = [k for k, a in arrays.items() if not np.array_equal(a[t]["ids"], ids)]
+        if bad:
+            raise ReportError(f"test set {t!r}: runs were scored on different utterances (e.g. "
+                              f"{'-'.join(map(str, bad[0]))})")
+        idx[t] = M.resample_indices(len(ids), cfg.bootstrap, rng)
+    seeds = sorted({r.seed for r in runs})
+    draws = rng.integers(0, len(seeds), size=(cfg.bootstrap, len(seeds)))
+    seed_weight = np.stack([(draws == k).sum(1) for k in range(len(seeds))], axis=1) / len(seeds)
+    per_run = {}
+    for key, a in arrays.items():
+        per_run[key] = {m: sum(weights[t] * M.bootstrap_rates(a[t][e], a[t][n], idx[t]) for t in weights)
+                        for m, e, n in (("wer", "word_errors", "words"), ("cer", "char_errors", "chars"))}
+    out: dict[tuple[str, str], dict[str, np.ndarray]] = {}
+    for u, b in {(k[0], k[1]) for k in per_run}:
+        have = [k for k, s in enumerate(seeds) if (u, b, s) in per_run]
+        w = seed_weight[:, have]
+        w = w / np.where(w.sum(1, keepdims=True) > 0, w.sum(1, keepdims=True), 1)
+        out[(u, b)] = {m: (w * np.stack([per_run[(u, b, seeds[k])][m] for k in have], axis=1)).sum(1)
+                       for m in METRICS}
+    return out
+
+
+def upstream_health(runs: Sequence[Run], cfg: ReportConfig, pretraining: Mapping[str, dict] | None) -> dict:
+    """Per upstream: how many finetunes converged (stopped by patience), which are degenerate, and every
+    reason the upstream's numbers cannot be trusted (`problems`; empty means sound)."""
+    out = {}
+    for u in cfg.upstreams:
+        rs = [r for r in runs if r.upstream == u]
+        names = [f"{u}-{budget_name(r.budget_min)}-{r.seed}" for r in rs]
+        converged = sum(1 for r in rs if r.info.get("stop_reason", "patience" if r.info.get("stopped_early")
+                                                     else "max_steps") == "patience")
+        degenerate = [n for n, r in zip(names, rs, strict=True) if r.info.get("degenerate")]
+        problems = []
+        if degenerate:
+            problems.append(f"{len(degenerate)} degenerate finetune(s) (never left the all-blank phase or a "
+                            f"NaN loss): {', '.join(degenerate[:4])}")
+        if rs and converged < cfg.min_converged * len(rs):
+            problems.append(f"only {converged}/{len(rs)} finetunes converged (the rest hit the step maximum)")
+        if pretraining is not None and u in cfg.ssl_sizes:
+            pm = pretraining.get(u)
+            if pm is None:
+                problems.append("no pretraining diagnostics")
+            elif not all(math.isfinite(float(pm.get(k, math.nan))) for k in ("train/loss", "train/masked_acc")):
+                problems.append(f"pretraining ended non-finite (loss {pm.get('train/loss')})")
+        out[u] = {"runs": len(rs), "converged": converged, "degenerate": degenerate, "problems": problems}
+    return out
 
 
 def _training_summary(rs: Sequence[Run]) -> dict:
@@ -203,10 +258,8 @@ def _training_summary(rs: Sequence[Run]) -> dict:
     stopped = [i["stopped_early"] for i in infos if "stopped_early" in i]
     if stopped:
         out["stopped_early"] = int(sum(stopped))
-        # Not converged: hit the step cap with its best dev CER at the very last evaluation.
-        out["capped_improving"] = sum(1 for i in infos if not i.get("stopped_early")
-                                      and i.get("best_step") is not None
-                                      and i.get("best_step") == i.get("steps"))
+        out["stopped_at_max"] = len(stopped) - int(sum(stopped))
+    out["degenerate"] = sum(1 for i in infos if i.get("degenerate"))
     return out
 
 
@@ -239,63 +292,103 @@ def hours_to_match(hours: Sequence[float], errors: Sequence[float], target: floa
     return {"hours": None, "kind": "not_reached", "text": "not reached within the budgets"}
 
 
-def findings(table: Mapping[str, Mapping[str, dict]], cfg: ReportConfig, metric: str) -> dict[str, dict]:
-    """F0-F3 on the seed means of the judged weighted metric."""
+def judge(diffs: Mapping[str, np.ndarray], ci: float) -> tuple[str, dict[str, list[float]]]:
+    """Verdict on a claim that every difference is negative, from their bootstrap replicates."""
+    ivs = {k: [round(x, 4) for x in M.interval(d, ci)] for k, d in diffs.items()}
+    if all(hi < 0 for _, hi in ivs.values()):
+        return "holds", ivs
+    if any(lo > 0 for lo, _ in ivs.values()):
+        return "does not hold", ivs
+    return "inconclusive", ivs
+
+
+def findings(table: Mapping[str, Mapping[str, dict]], reps: Mapping[tuple[str, str], dict[str, np.ndarray]],
+             cfg: ReportConfig, metric: str, health: Mapping[str, dict] | None = None) -> dict[str, dict]:
+    """F0-F3 judged on paired bootstrap intervals of the judged weighted metric (see the module docstring)."""
     budgets = [budget_name(b) for b in cfg.budgets_min]
     small_b, large_b = budgets[0], budgets[-1]
+    health = health or {}
 
     def err(u: str, b: str) -> float:
         return table[u][b]["weighted"][metric]
 
-    name = metric.upper()
+    def r(u: str, b: str) -> np.ndarray:
+        return reps[(u, b)][metric]
+
+    def deg(x: np.ndarray, ref: np.ndarray) -> np.ndarray:
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return (x - ref) / ref
+
+    def finish(key: str, claim: str, involved: list[str], diffs: dict[str, np.ndarray], detail: str,
+               numbers: dict) -> dict:
+        verdict, ivs = judge(diffs, cfg.ci)
+        why = {u: health[u]["problems"] for u in involved if health.get(u, {}).get("problems")}
+        if why:
+            verdict = "invalid"
+            detail = "; ".join(f"`{u}`: {', '.join(p)}" for u, p in why.items()) + f" (numbers: {detail})"
+        return {"claim": claim, "verdict": verdict, "numbers": numbers,
+                "intervals": ivs, "detail": detail, "involves": involved}
+
+    def skipped(claim: str, detail: str) -> dict:
+        return {"claim": claim, "verdict": "not evaluated", "detail": detail}
+
+    name, pct = metric.upper(), f"{cfg.ci:.0%}"
     out: dict[str, dict] = {}
     ssl = [s for s in cfg.ssl_sizes if s in table]
+    claim = f"every SSL size beats the `{cfg.control}` control at every budget"
     if cfg.control in table and ssl:
-        wins = {f"{s}@{b}": err(s, b) < err(cfg.control, b) for s in ssl for b in budgets}
+        diffs = {f"{s}@{b}": r(s, b) - r(cfg.control, b) for s in ssl for b in budgets}
+        wins = sum(err(s, b) < err(cfg.control, b) for s in ssl for b in budgets)
         numbers = {b: {u: round(err(u, b), 4) for u in [*ssl, cfg.control]} for b in budgets}
-        out["F0"] = {"claim": f"every SSL size beats the `{cfg.control}` control at every budget",
-                     "holds": all(wins.values()), "numbers": numbers,
-                     "detail": f"{sum(wins.values())}/{len(wins)} (size, budget) pairs beat the control"}
+        out["F0"] = finish("F0", claim, [*ssl, cfg.control], diffs,
+                           f"{wins}/{len(diffs)} (size, budget) pairs beat the control on the means", numbers)
     else:
-        out["F0"] = {"claim": "every SSL size beats the random control", "holds": None,
-                     "detail": f"not evaluated: `{cfg.control}` or the SSL sizes are not among the upstreams"}
+        out["F0"] = skipped(claim, f"`{cfg.control}` or the SSL sizes are not among the upstreams")
     s, big = cfg.smaller, cfg.larger
     if s in table and big in table:
         numbers = {b: {big: round(err(big, b), 4), s: round(err(s, b), 4)} for b in budgets}
-        wins = [b for b in budgets if err(big, b) < err(s, b)]
-        out["F1"] = {"claim": f"`{big}` has a lower weighted {name} than `{s}` at every budget",
-                     "holds": len(wins) == len(budgets), "numbers": numbers,
-                     "detail": f"better at {len(wins)}/{len(budgets)} budgets"}
-        dl, dsm = (relative_degradation(err(u, small_b), err(u, large_b)) for u in (big, s))
+        wins = sum(err(big, b) < err(s, b) for b in budgets)
+        out["F1"] = finish("F1", f"`{big}` has a lower weighted {name} than `{s}` at every budget", [s, big],
+                           {b: r(big, b) - r(s, b) for b in budgets},
+                           f"better on the means at {wins}/{len(budgets)} budgets", numbers)
         claim = f"from {large_b} to {small_b} min, `{big}` degrades less than `{s}` (relative)"
+        dl, dsm = (relative_degradation(err(u, small_b), err(u, large_b)) for u in (big, s))
         if dl is None or dsm is None:
-            out["F2"] = {"claim": claim, "holds": None, "detail": "undefined: zero error at the largest budget"}
+            out["F2"] = skipped(claim, "undefined: zero error at the largest budget")
         else:
-            out["F2"] = {"claim": claim, "holds": dl < dsm, "numbers": {big: round(dl, 4), s: round(dsm, 4)},
-                         "detail": f"{big} {dl:+.1%} vs {s} {dsm:+.1%}"}
+            diff = deg(r(big, small_b), r(big, large_b)) - deg(r(s, small_b), r(s, large_b))
+            lo, hi = M.interval(diff, cfg.ci)
+            out["F2"] = finish("F2", claim, [s, big], {"degradation difference": diff},
+                               f"{big} {dl:+.1%} vs {s} {dsm:+.1%}; difference {dl - dsm:+.1%} "
+                               f"[{pct} interval {lo:+.1%}, {hi:+.1%}]",
+                               {big: round(dl, 4), s: round(dsm, 4)})
     else:
         for f in ("F1", "F2"):
-            out[f] = {"claim": f"{big} vs {s}", "holds": None,
-                      "detail": f"not evaluated: `{s}`/`{big}` missing"}
+            out[f] = skipped(f"{big} vs {s}", f"`{s}`/`{big}` missing")
     if big in table and cfg.baseline in table:
         fb, lg = err(cfg.baseline, small_b), err(big, small_b)
         gain = (fb - lg) / fb if fb > 0 else 0.0
-        out["F3"] = {"claim": f"at {small_b} min, `{big}` beats `{cfg.baseline}` by >= {cfg.f3_margin:.0%} "
-                              "relative",
-                     "holds": gain >= cfg.f3_margin,
-                     "numbers": {big: round(lg, 4), cfg.baseline: round(fb, 4),
-                                 "relative_gain": round(gain, 4)},
-                     "detail": f"{big} {lg:.3f} vs {cfg.baseline} {fb:.3f}: {gain:+.1%} relative"}
+        rf = r(cfg.baseline, small_b)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            gains = (rf - r(big, small_b)) / rf
+        lo, hi = M.interval(gains, cfg.ci)
+        out["F3"] = finish("F3", f"at {small_b} min, `{big}` beats `{cfg.baseline}` by >= {cfg.f3_margin:.0%} "
+                                 "relative", [big, cfg.baseline], {"margin - gain": cfg.f3_margin - gains},
+                           f"{big} {lg:.3f} vs {cfg.baseline} {fb:.3f}: {gain:+.1%} relative "
+                           f"[{pct} interval {lo:+.1%}, {hi:+.1%}]",
+                           {big: round(lg, 4), cfg.baseline: round(fb, 4), "relative_gain": round(gain, 4)})
     else:
-        out["F3"] = {"claim": f"{big} vs {cfg.baseline}", "holds": None,
-                     "detail": f"not evaluated: `{big}` or `{cfg.baseline}` missing"}
+        out["F3"] = skipped(f"{big} vs {cfg.baseline}", f"`{big}` or `{cfg.baseline}` missing")
     return out
 
 
-def build(eval_dir: str | Path, cfg: ReportConfig) -> dict:
-    """Everything the report writes, as one dict (numbers only; files are written by `write_report`)."""
+def build(eval_dir: str | Path, cfg: ReportConfig, pretraining: Mapping[str, dict] | None = None) -> dict:
+    """Everything the report writes, as one dict (numbers only; files are written by `write_report`).
+    `pretraining`: size -> pretraining metrics; when given, a missing or non-finite one invalidates findings."""
     runs = load_runs(eval_dir, cfg)
     agg = aggregate(runs, cfg)
+    reps = agg.pop("replicates")
+    health = upstream_health(runs, cfg, pretraining)
     table = agg["table"]
     largest = budget_name(max(cfg.budgets_min))
     metric, why = judged_metric(table, largest, cfg.wer_threshold)
@@ -307,9 +400,13 @@ def build(eval_dir: str | Path, cfg: ReportConfig) -> dict:
         match = {**hours_to_match(hrs, curve, target), "target": target, "metric": metric,
                  "largest_hours": max(hrs)}
         match["ratio"] = max(hrs) / match["hours"] if match["hours"] else None
+    total = sum(h["runs"] for h in health.values())
+    converged = sum(h["converged"] for h in health.values())
     return {"judged_on": metric, "judged_why": why, "largest_budget": largest, **agg,
-            "findings": findings(table, cfg, metric), "match": match,
-            "weights_source": M.weights_description(cfg.weights)}
+            "findings": findings(table, reps, cfg, metric, health), "match": match, "health": health,
+            "converged": {"runs": total, "converged": converged,
+                          "valid": total > 0 and converged >= cfg.min_converged * total},
+            "pretraining": dict(pretraining or {}), "weights_source": M.weights_description(cfg.weights)}
 
 
 # --- files ------------------------------------------
@@ -344,7 +441,8 @@ def per_test_rows(result: dict, cfg: ReportConfig) -> list[dict]:
 def metrics_summary(result: dict) -> dict:
     """The DVC metrics file: seed means per upstream and budget, findings, the matching hours."""
     out: dict[str, Any] = {"judged_on": result["judged_on"], "weights": result["weights_source"],
-                           "findings": {k: v["holds"] for k, v in result["findings"].items()}}
+                           "findings": {k: v["verdict"] for k, v in result["findings"].items()},
+                           "converged_runs": result["converged"]}
     out["weighted"] = {u: {b: {k: round(v, 4) for k, v in e["weighted"].items() if isinstance(v, float)}
                            for b, e in by_b.items()} for u, by_b in result["table"].items()}
     out["tests"] = {u: {b: {t: {m: round(v[m], 4) for m in METRICS} for t, v in e["tests"].items()}
@@ -387,10 +485,18 @@ def results_markdown(result: dict, cfg: ReportConfig, figures: Sequence[str]) ->
     for u in cfg.upstreams:
         cells = (_fmt(result["table"][u][b]["weighted"][f"{m}_rel_degradation"], pct=True) for b in budgets)
         lines.append(f"| {u} | " + " | ".join(cells) + " |")
-    lines += ["", "## Findings", ""]
+    conv = result["converged"]
+    lines += ["", "## Findings", "",
+              f"Verdicts: **holds** only when the {cfg.ci:.0%} paired bootstrap interval (utterances and seeds) "
+              "of every difference the claim makes lies on its side; **inconclusive** when one straddles zero; "
+              "**invalid** when an upstream involved is unsound (degenerate, not converged, pretraining "
+              "non-finite or missing).",
+              f"Downstream convergence: {conv['converged']}/{conv['runs']} finetunes stopped by patience "
+              f"(not by the step maximum): the comparison is "
+              + ("**valid**." if conv["valid"] else f"**not valid** (needs >= {cfg.min_converged:.0%})."), ""]
     for k in ("F0", "F1", "F2", "F3"):
         f = result["findings"][k]
-        verdict = {True: "**holds**", False: "**does not hold**", None: "not evaluated"}[f["holds"]]
+        verdict = f["verdict"] if f["verdict"] == "not evaluated" else f"**{f['verdict']}**"
         lines.append(f"- **{k}** ({f['claim']}): {verdict}. {f['detail']}.")
         if f.get("numbers") and k in ("F0", "F1"):
             lines.append("  " + "; ".join(f"{b} min: " + ", ".join(f"{u} {v:.3f}" for u, v in nums.items())
@@ -413,9 +519,14 @@ def results_markdown(result: dict, cfg: ReportConfig, figures: Sequence[str]) ->
             tests = result["table"][u][b]["tests"]
             cells = (f"{tests[t][m]:.3f}" for t in result["test_sets"])
             lines.append(f"| {u} | {b} | " + " | ".join(cells) + " |")
+    lines += ["", "## Upstream soundness", "", "| upstream | finetunes | converged (patience) | degenerate "
+              "| problems |", "|---|---|---|---|---|"]
+    for u, h in result["health"].items():
+        lines.append(f"| {u} | {h['runs']} | {h['converged']} | {len(h['degenerate'])} "
+                     f"| {'; '.join(h['problems']) or 'none'} |")
     lines += ["", "## Training diagnostics (mean over seeds)", "",
-              "| upstream | budget (min) | steps | early-stopped runs | capped while improving "
-              "| best dev CER | layer weights |", "|---|---|---|---|---|---|---|"]
+              "| upstream | budget (min) | steps | stopped by patience | stopped at max_steps | degenerate "
+              "| best dev CER | layer weights |", "|---|---|---|---|---|---|---|---|"]
     for u in cfg.upstreams:
         for b in budgets:
             tr = result["table"][u][b].get("training", {})
@@ -423,7 +534,8 @@ def results_markdown(result: dict, cfg: ReportConfig, figures: Sequence[str]) ->
             weights = ", ".join(f"{w:.2f}" for w in lw) if lw else "n/a"
             steps = f"{tr['steps']:.0f}" if "steps" in tr else "n/a"
             lines.append(f"| {u} | {b} | {steps} | {tr.get('stopped_early', 'n/a')} "
-                         f"| {tr.get('capped_improving', 'n/a')} | {_fmt(tr.get('best_dev_cer'))} "
+                         f"| {tr.get('stopped_at_max', 'n/a')} | {tr.get('degenerate', 0)} "
+                         f"| {_fmt(tr.get('best_dev_cer'))} "
                          f"| {weights} |")
     if result.get("pretraining"):
         lines += ["", "## SSL pretraining (evidence for the premise F0)", "",

@@ -98,7 +98,21 @@ def span_mask(lengths: torch.Tensor, prob: float, span: int, generator: torch.Ge
     return mask
 
 
-def make_ssl_module(cfg: EncoderConfig, p: dict, seed: int, quantizer: nn.Module | None = None):
+class NonFiniteLossError(FloatingPointError):
+    """Pretraining diverged: the loss is NaN or infinite. Nothing is exported from such a run."""
+
+
+def check_finite_loss(loss: torch.Tensor, step: int) -> None:
+    if not bool(torch.isfinite(loss.detach())):
+        raise NonFiniteLossError(
+            f"pretraining loss is {float(loss.detach()):.4g} at update {step}: the run diverged (or a batch is "
+            "corrupt); no weights exported. Lower params pretrain.lr, raise pretrain.warmup_steps, or check the audio")
+
+
+def make_ssl_module(cfg: EncoderConfig, p: dict, seed: int, quantizer: nn.Module | None = None,
+                    fused: bool = False):
+    """`fused` AdamW is one kernel instead of ~10 per tensor, but Lightning refuses gradient clipping with it
+    under mixed precision (it unscales gradients itself): only pass True for full-precision training."""
     import lightning as L
 
     class SSLModule(L.LightningModule):
@@ -117,7 +131,7 @@ def make_ssl_module(cfg: EncoderConfig, p: dict, seed: int, quantizer: nn.Module
 
         def configure_optimizers(self):
             opt = torch.optim.AdamW(self.parameters(), lr=p["lr"], weight_decay=p["weight_decay"],
-                                    betas=(0.9, 0.98), fused=True)  # one kernel, not ~10 per tensor
+                                    betas=(0.9, 0.98), fused=fused)
             warm, total = max(1, p["warmup_steps"]), max(p["max_steps"], p["warmup_steps"] + 1)
 
             def lr_at(step: int) -> float:  # linear warmup, cosine decay to 5%
@@ -163,6 +177,7 @@ def make_ssl_module(cfg: EncoderConfig, p: dict, seed: int, quantizer: nn.Module
         def training_step(self, batch, _idx):
             wav, lengths = batch
             loss, stats = self.ssl_loss(wav, lengths, self.global_step, self.global_rank)
+            check_finite_loss(loss, self.global_step)  # before backward: NaN never reaches the weights
             acc = stats["train/masked_acc"]
             self.log_dict({"train/loss": loss, **stats, "train/lr": self.optimizers().param_groups[0]["lr"]},
                           prog_bar=False, on_step=True, batch_size=len(lengths))

@@ -19,8 +19,8 @@ CORPUS = Path("data/corpus")
 MODELS = Path("models/finetune")
 OUT = Path("results/eval")
 # Training facts carried into the evaluation, for the report's diagnostics table.
-TRAIN_KEYS = ("best_dev_cer", "steps", "best_step", "step_cap", "stopped_early", "left_blank_step",
-              "layer_weights", "train_seconds")
+TRAIN_KEYS = ("best_dev_cer", "steps", "best_step", "max_steps", "stopped_early", "stop_reason", "degenerate",
+              "left_blank_step", "layer_weights", "train_seconds", "seconds_per_step")
 
 
 def run(upstream: str, budget: str, seed: int, params: dict) -> Path:

@@ -10,7 +10,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from labelbudget.config import configure_threads, load_params
-from labelbudget.extraction import extract_part, load_upstream, resolve_device, resolve_layers
+from labelbudget.extraction import NonFiniteFeaturesError, extract_part, load_upstream, resolve_device, resolve_layers
 from labelbudget.io import write_json
 from labelbudget.manifest import Corpus
 
@@ -32,8 +32,11 @@ def main() -> None:
     start, summary = time.time(), []
     with tqdm(total=round(total), desc=f"extract {args.upstream} on {device}", unit="audio-s") as bar:
         for part in parts:
-            summary.append(extract_part(up, corpus, part, out / part, layers, p["batch_seconds"],
-                                        p["shard_utterances"], device, progress=bar.update))
+            try:
+                summary.append(extract_part(up, corpus, part, out / part, layers, p["batch_seconds"],
+                                            p["shard_utterances"], device, progress=bar.update))
+            except NonFiniteFeaturesError as e:
+                raise SystemExit(f"extract@{args.upstream} failed: {e}") from None
     wall = time.time() - start
     write_json(out / "upstream.json", {"upstream": up.name, "checkpoint_sha256": up.checkpoint, "layers": layers,
                                        "dim": up.dim, "frame_rate": up.frame_rate, "parts": summary,

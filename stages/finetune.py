@@ -64,18 +64,18 @@ def run(upstream: str, budget: str, seed: int, params: dict) -> Path:
     check_weights(params.get("evaluate", {}).get("weights"), corpus.tests)
     layer = ds.layer_index(labeled, cfg.layer)
 
-    train_set = ds.FeatureDataset(labeled, train_ids, texts, layer)
-    dev_set = ds.FeatureDataset(labeled, dev_ids, texts, layer)
+    train_set = ds.FeatureDataset(labeled, train_ids, texts, layer, in_memory=True)
+    dev_set = ds.FeatureDataset(labeled, dev_ids, texts, layer, in_memory=True)
     in_budget = set(train_ids)
     hours = sum(r["duration"] for r in corpus.read(corpus.labeled) if r["id"] in in_budget) / 3600
     name = f"{upstream}-{budget}-{seed}"
     config = {"upstream": upstream, "budget_minutes": minutes, "budget_hours": minutes / 60,
               "labeled_hours": hours, "seed": seed, "utterances": len(train_ids),
-              "step_cap": ds.step_cap(minutes, cfg.step_cap), "downstream": params["finetune"]}
+              "max_steps": cfg.max_steps, "downstream": params["finetune"]}
     run = tracking.init_run(params["wandb"], job_type="finetune", name=name, config=config)
     try:
         logger = tracking.lightning_logger(run)
-        result = ds.train(cfg, train_set, dev_set, texts, minutes, seed, logger=logger)
+        result = ds.train(cfg, train_set, dev_set, texts, seed, logger=logger)
         # Per-test-set scores for the run's summary (the `evaluate` stage writes the full evaluation).
         summary = {"dev/best_cer": result.best_dev_cer, "steps": result.steps, "best_step": result.best_step}
         for tname, (store, rows) in tests.items():
@@ -92,6 +92,8 @@ def run(upstream: str, budget: str, seed: int, params: dict) -> Path:
                                                                 "frame_rate")}}
     info = {**meta, "steps": result.steps, "best_step": result.best_step, "best_dev_cer": result.best_dev_cer,
             "left_blank_step": result.left_blank_step, "stopped_early": result.stopped_early,
+            "stop_reason": result.stop_reason, "degenerate": result.degenerate,
+            "non_finite_loss": result.non_finite_loss,
             "train_seconds": result.seconds, "seconds_per_step": result.seconds_per_step,
             "layer_weights": result.layer_weights, "history": result.history,
             "test_summary": {k: v for k, v in summary.items() if k.startswith("test/")}}
@@ -99,9 +101,10 @@ def run(upstream: str, budget: str, seed: int, params: dict) -> Path:
     with atomic_dir(out) as tmp:
         ds.save_checkpoint(tmp / "model.pt", result.model, meta)
         write_json(tmp / "train.json", info)
-    print(f"{name}: {result.steps} steps (cap {result.step_cap}) in {result.seconds:.1f} s "
+    print(f"{name}: {result.steps} steps (max {result.max_steps}) in {result.seconds:.1f} s "
           f"({result.seconds_per_step * 1000:.0f} ms/step), best dev CER {result.best_dev_cer:.3f} "
-          f"at step {result.best_step}{', early stop' if result.stopped_early else ''}")
+          f"at step {result.best_step}, stopped by {result.stop_reason}"
+          f"{'; DEGENERATE (never left the all-blank phase)' if result.degenerate else ''}")
     return out
 
 

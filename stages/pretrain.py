@@ -8,6 +8,7 @@ from pathlib import Path
 
 from labelbudget.config import configure_threads, load_params
 from labelbudget.pretraining import pretrain
+from labelbudget.ssl import NonFiniteLossError
 
 
 def main() -> None:
@@ -16,7 +17,10 @@ def main() -> None:
     args = ap.parse_args()
     params = load_params()
     configure_threads()
-    summary = pretrain(args.size, params, Path("models/pretrain") / args.size)
+    try:
+        summary = pretrain(args.size, params, Path("models/pretrain") / args.size)
+    except NonFiniteLossError as e:
+        raise SystemExit(f"pretrain@{args.size} failed: {e}") from None
     if summary:
         print(json.dumps(summary, indent=2))
 

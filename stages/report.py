@@ -23,22 +23,23 @@ def run(params: dict) -> dict:
     from labelbudget import report, tracking
 
     cfg = report.ReportConfig.from_params(params)
-    result = report.build(EVAL, cfg)
-    # Pretraining diagnostics (loss, masked accuracy, target usage) sit beside the findings they explain.
-    result["pretraining"] = {s: read_json(PRETRAIN / s / "metrics.json") for s in params.get("ssl_sizes", [])
-                             if (PRETRAIN / s / "metrics.json").exists()}
+    # Pretraining diagnostics (loss, masked accuracy, target usage) sit beside the findings they explain, and
+    # a size whose pretraining is missing or non-finite makes every finding about it invalid.
+    pretraining = {s: read_json(PRETRAIN / s / "metrics.json") for s in params.get("ssl_sizes", [])
+                   if (PRETRAIN / s / "metrics.json").exists()}
+    result = report.build(EVAL, cfg, pretraining)
     paths = report.write_report(result, cfg, OUT)
     histories = {s: PRETRAIN / s / "history.csv" for s in result["pretraining"]
                  if (PRETRAIN / s / "history.csv").exists()}
     if report.plot_pretraining(histories, OUT / "figures" / "pretraining.png"):
         paths["pretraining"] = OUT / "figures" / "pretraining.png"
     for k, f in result["findings"].items():
-        verdict = {True: "holds", False: "does not hold", None: "not evaluated"}[f["holds"]]
-        print(f"{k}: {verdict} - {f['detail']}")
+        print(f"{k}: {f['verdict']} - {f['detail']}")
     print(f"judged on weighted {result['judged_on'].upper()}; report in {paths['results']}")
 
     if "wandb" in params:
         import pandas as pd
+
         import wandb
 
         run = tracking.init_run(params["wandb"], job_type="report", name="report",
@@ -48,7 +49,7 @@ def run(params: dict) -> dict:
             run.log({"sample_efficiency": wandb.Table(dataframe=pd.read_csv(paths["curve_csv"])),
                      "per_test_set": wandb.Table(dataframe=pd.read_csv(paths["per_test_csv"])),
                      **{f"figures/{p.stem}": wandb.Image(str(p)) for p in paths.values() if p.suffix == ".png"}})
-            tracking.set_summary(run, {f"finding/{k}": f["holds"] for k, f in result["findings"].items()})
+            tracking.set_summary(run, {f"finding/{k}": f["verdict"] for k, f in result["findings"].items()})
             if result["match"]:
                 tracking.set_summary(run, {"match_hours": result["match"]["hours"],
                                            "match_ratio": result["match"]["ratio"]})

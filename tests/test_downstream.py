@@ -86,7 +86,7 @@ def build_fixture(root: Path, n_labeled: int = 40, n_test: int = 6) -> dict:
 def tiny_params(**finetune) -> dict:
     ft = {"layer": "weighted", "hidden": 32, "dropout": 0.0, "batch_size": 4, "lr": 0.01, "warmup_steps": 5,
           "time_masks": 1, "time_mask_frames": 2, "feature_masks": 1, "eval_every": 10, "patience": 3,
-          "step_cap": {"ref_minutes": 1, "ref_steps": 30, "exponent": 0.5, "min": 10, "max": 30},
+          "max_steps": 30,
           "num_threads": 1, "accelerator": "cpu"}
     ft.update(finetune)
     return {"seed": 0, "upstreams": list(UPSTREAMS), "ssl_sizes": ["small", "large"],
@@ -141,12 +141,18 @@ def test_bilstm_output_of_a_padded_sequence_equals_the_unpadded_one():
     assert torch.allclose(alone, batched, atol=1e-6)
 
 
-def test_step_cap_grows_with_the_square_root_of_the_budget():
-    rule = ds.StepRule(ref_minutes=60, ref_steps=1000, exponent=0.5, min=100, max=2000)
-    assert ds.step_cap(60, rule) == 1000
-    assert ds.step_cap(15, rule) == 500
-    assert ds.step_cap(0.1, rule) == 100  # floor
-    assert ds.step_cap(6000, rule) == 2000  # ceiling
+def test_the_old_budget_dependent_step_cap_is_refused_by_name():
+    with pytest.raises(ds.DownstreamInputError, match="unknown keys \\['step_cap'\\]"):
+        ds.DownstreamConfig.from_params({"step_cap": {"ref_steps": 400}})
+
+
+def test_in_memory_features_equal_the_memory_mapped_ones(fixture_root):
+    store, ids, texts = datasets(fixture_root)
+    mapped = ds.FeatureDataset(store, ids, texts, layer=1)
+    loaded = ds.FeatureDataset(store, ids, texts, layer=1, in_memory=True)
+    for k in (0, 5, len(ids) - 1):
+        assert torch.equal(mapped[k]["feats"], loaded[k]["feats"]) and loaded[k]["feats"].shape[1] == 1
+        assert torch.equal(mapped[k]["target"], loaded[k]["target"])
 
 
 def test_fbank_frames_are_stacked_down_to_the_downstream_rate():
@@ -196,10 +202,9 @@ def test_the_model_overfits_a_tiny_set_and_decodes_non_blank(fixture_root):
     store, ids, texts = datasets(fixture_root)
     train_set = ds.FeatureDataset(store, ids[:12], texts)
     cfg = ds.DownstreamConfig.from_params(tiny_params(
-        hidden=64, step_cap={"ref_minutes": 1, "ref_steps": 200, "exponent": 0.5, "min": 200, "max": 200},
-        eval_every=25, patience=100)["finetune"])
-    result = ds.train(cfg, train_set, train_set, texts, budget_minutes=1, seed=0, verbose=False)
-    assert result.left_blank_step is not None
+        hidden=64, max_steps=200, eval_every=25, patience=100)["finetune"])
+    result = ds.train(cfg, train_set, train_set, texts, seed=0, verbose=False)
+    assert result.left_blank_step is not None and not result.degenerate
     assert result.best_dev_cer < 0.35
     hyps = ds.transcribe(result.model, train_set)
     assert sum(len(h) for h in hyps.values()) > 0.5 * sum(len(texts[i]) for i in ids[:12])
@@ -215,6 +220,38 @@ def test_early_stopping_counts_patience_only_after_the_all_blank_phase():
     assert stop.update(120, 0.85, 0.5) == (False, False)
     assert stop.update(130, 0.81, 0.5) == (False, True)  # two evaluations without improvement
     assert (stop.best, stop.best_step) == (0.8, 110)
+
+
+def test_improvements_smaller_than_min_delta_do_not_reset_patience():
+    stop = ds.BlankAwareStopping(patience=2, blank_exit=0.3, min_delta=0.01)
+    stop.update(10, 0.50, 0.9)
+    assert stop.update(20, 0.495, 0.9) == (False, False)  # 0.005 better: noise, not progress
+    assert stop.update(30, 0.492, 0.9) == (False, True)
+
+
+def test_training_stops_by_patience_on_a_dev_plateau(fixture_root):
+    """Dev data the model cannot learn from (its texts shuffled against the features): dev CER plateaus once
+    the model leaves the all-blank phase, and patience ends the run long before max_steps."""
+    store, ids, texts = datasets(fixture_root)
+    train_set = ds.FeatureDataset(store, ids[:12], texts)
+    shuffled = dict(zip(ids, [texts[i] for i in ids[1:] + ids[:1]], strict=True))
+    dev_set = ds.FeatureDataset(store, ids[12:20], shuffled)
+    cfg = ds.DownstreamConfig.from_params(tiny_params(
+        hidden=64, max_steps=2000, eval_every=10, patience=3)["finetune"])
+    result = ds.train(cfg, train_set, dev_set, shuffled, seed=0, verbose=False)
+    assert result.stopped_early and result.stop_reason == "patience"
+    assert result.steps < 600 and result.steps - result.best_step >= 3 * 10
+    assert not result.degenerate
+
+
+def test_nan_features_make_a_degenerate_run_that_stops_at_once(fixture_root):
+    store, ids, texts = datasets(fixture_root)
+    train_set = ds.FeatureDataset(store, ids[:8], texts, in_memory=True)
+    train_set._block[:] = np.nan  # what a diverged upstream would have handed on
+    cfg = ds.DownstreamConfig.from_params(tiny_params(max_steps=50, eval_every=10)["finetune"])
+    result = ds.train(cfg, train_set, ds.FeatureDataset(store, ids[8:12], texts), texts, seed=0, verbose=False)
+    assert result.non_finite_loss and result.degenerate and result.left_blank_step is None
+    assert result.steps < 10
 
 
 def run_finetune(upstream: str = "small", budget: str = "1", **params):
@@ -278,7 +315,8 @@ def test_finetune_evaluate_report_stages_run_end_to_end(workdir):
     pooled = sum(errors.values()) / sum(words.values())
     assert metrics["weighted"]["wer"] == pytest.approx(pooled)  # word-count weights = pooled WER
     trained = json.loads((workdir / "models/finetune/large-1-0/train.json").read_text())
-    assert trained["step_cap"] == 30 and len(trained["layer_weights"]) == 4
+    assert trained["max_steps"] == 30 and len(trained["layer_weights"]) == 4
+    assert trained["stop_reason"] in ("patience", "max_steps") and isinstance(trained["degenerate"], bool)
     assert set(trained["test_summary"]) == {f"test/{t}/{m}" for t in TESTS for m in ("wer", "cer")}
     result = report.run(p)
     assert set(result["findings"]) == {"F0", "F1", "F2", "F3"}

@@ -13,9 +13,11 @@ import torch
 import yaml
 from tiny_corpus import build
 
-from labelbudget.extraction import CheckpointError, extract_part, load_upstream, resolve_layers
+from labelbudget import batching
+from labelbudget.extraction import CheckpointError, NonFiniteFeaturesError, extract_part, load_upstream, resolve_layers
 from labelbudget.featstore import FeatureStore
 from labelbudget.pretraining import pretrain
+from labelbudget.ssl import NonFiniteLossError
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -61,6 +63,30 @@ def test_hubert_objective_trains_on_kmeans_targets(tmp_path, corpus):
                                        max_steps=3), tmp_path, corpus.dir)
     blob = torch.load(tmp_path / "model.pt", weights_only=True)
     assert blob["quantizer"]["centroids"].shape[0] == 16 and summary["objective"] == "hubert"
+
+
+def test_bf16_mixed_precision_with_gradient_clipping_trains(tmp_path, corpus):
+    """The GPU profile's combination (bf16-mixed autocast + gradient clipping) through the real Trainer: a
+    fused AdamW made Lightning refuse it at the first step. CPU autocast takes the same code path."""
+    summary = pretrain("small", params(precision="bf16-mixed", grad_clip=1.0, max_steps=3), tmp_path, corpus.dir)
+    assert summary["steps"] == 3 and np.isfinite(summary["train/loss"])
+    assert (tmp_path / "model.pt").exists()
+
+
+def test_a_nan_batch_stops_pretraining_with_a_message_and_exports_nothing(tmp_path, corpus, monkeypatch):
+    real = batching.WaveDataset.__getitem__
+    calls = {"n": 0}
+
+    def corrupt_after_a_few(self, i):  # a corrupt audio file reached at the third batch or so
+        calls["n"] += 1
+        wav = real(self, i)
+        return wav * float("nan") if calls["n"] > 6 else wav
+
+    monkeypatch.setattr(batching.WaveDataset, "__getitem__", corrupt_after_a_few)
+    with pytest.raises(NonFiniteLossError, match=r"loss is nan at update \d+.*no weights exported"):
+        pretrain("small", params(max_steps=20), tmp_path, corpus.dir)
+    assert not (tmp_path / "model.pt").exists() and not (tmp_path / "metrics.json").exists()
+    assert (tmp_path / "history.csv").exists()  # the curves up to the divergence are kept
 
 
 @pytest.mark.slow
@@ -127,3 +153,12 @@ def test_missing_truncated_or_mismatched_checkpoint_is_named(tmp_path, pretraine
     p["models"]["small"]["dim"] = 96
     with pytest.raises(CheckpointError, match=r"dim: checkpoint 64 vs params 96"):
         load_upstream("small", p, pretrained)
+
+
+def test_extraction_refuses_non_finite_features_and_writes_no_shard(tmp_path, corpus, pretrained):
+    up = load_upstream("small", params(), pretrained)
+    with torch.no_grad():
+        up.encoder.layers[0].linear1.weight.fill_(float("nan"))  # what a diverged checkpoint holds
+    with pytest.raises(NonFiniteFeaturesError, match=r"upstream 'small'.*non-finite features.*'test-clean'"):
+        extract_part(up, corpus, "test-clean", tmp_path, [0, 1], 10, 4, torch.device("cpu"))
+    assert not list(tmp_path.glob("shard-*"))
