@@ -143,13 +143,27 @@ def pretrain(size: str, params: dict, out: Path, corpus_dir: Path = Path("data/c
     if trainer.global_rank != 0:
         return {}
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("train/")}
+    trained_now = bool(metrics)
+    if not trained_now and (out / "history.csv").exists():
+        metrics = last_logged(out / "history.csv")  # resumed at the end: nothing trained in this process
     summary = {"size": size, "steps": trainer.global_step, "wall_seconds": round(wall, 1),
                "parameters": count_parameters(module.encoder), "objective": p["objective"], **metrics}
     export(module, size, p["objective"], trainer.global_step, out / "model.pt")
     write_json(out / "metrics.json", summary)
-    if hist.exists():
+    if hist.exists() and trained_now:
         shutil.copyfile(hist, out / "history.csv")
     return summary
+
+
+def last_logged(history: Path) -> dict[str, float]:
+    """The last logged value of every `train/` column of a Lightning CSV log."""
+    import csv
+
+    out: dict[str, float] = {}
+    with open(history, newline="") as f:
+        for row in csv.DictReader(f):
+            out.update({k: float(v) for k, v in row.items() if k.startswith("train/") and v not in ("", None)})
+    return out
 
 
 def non_finite_tensors(state: dict[str, torch.Tensor]) -> list[str]:

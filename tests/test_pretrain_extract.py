@@ -52,6 +52,14 @@ def test_killed_run_resumes_to_the_same_step_and_weights(tmp_path, corpus):
         assert torch.equal(a[k], b[k]), k
 
 
+def test_a_rerun_after_the_final_checkpoint_keeps_the_diagnostics(tmp_path, corpus):
+    first = pretrain("small", params(), tmp_path, corpus.dir)
+    again = pretrain("small", params(), tmp_path, corpus.dir)  # resumes at max_steps: trains nothing
+    assert again["steps"] == first["steps"] == 6
+    assert again["train/loss"] == pytest.approx(first["train/loss"], rel=1e-4)
+    assert again["train/masked_acc"] == pytest.approx(first["train/masked_acc"], rel=1e-4)
+
+
 def test_checkpoints_of_another_config_are_not_resumed(tmp_path, corpus):
     pretrain("small", params(), tmp_path, corpus.dir)
     summary = pretrain("small", params(lr=0.01, max_steps=3), tmp_path, corpus.dir)
