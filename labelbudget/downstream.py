@@ -5,8 +5,10 @@ features (frames, layers, dim) --CMVN per layer--> learned softmax-weighted laye
   --> SpecAugment (training only) --> Conv1d(k=3) projection [--> conv blocks] --> BiLSTM --> Linear
   --> character CTC at `upsample` x `frame_rate` (25 Hz alone is too coarse for fast speech's characters).
 
-Training: AdamW with warmup then a constant rate; dev CER every `eval_every` steps; early stopping on dev
-CER that starts counting only once the model has left the all-blank phase (CTC models emit only blanks for
+Training: AdamW with warmup then a constant rate, multiplied by `lr_decay` at every dev evaluation without
+improvement (newbob: the noise of a high rate would otherwise end runs on a false plateau); dev CER every
+`eval_every` steps; early stopping on dev CER that starts counting only once the model has left the all-blank
+phase (CTC models emit only blanks for
 their first steps, while dev CER is flat at 1.0); the best dev-CER weights are kept. One rule for every
 upstream and budget: stop after `patience` evaluations without an improvement of at least `min_delta`, or at
 the generous `max_steps`. A run stopped by patience has converged; one stopped by `max_steps` has not (the
@@ -67,6 +69,7 @@ class DownstreamConfig:
     eval_every: int = 25  # steps between dev evaluations
     patience: int = 4  # dev evaluations without improvement, counted after the all-blank phase
     min_delta: float = 0.002  # dev CER must drop by at least this much to count as an improvement
+    lr_decay: float = 0.5  # newbob: the rate is multiplied by this at every evaluation without improvement
     blank_exit: float = 0.3  # left the all-blank phase once dev output has this share of the reference chars
     cmvn_utterances: int = 400  # utterances of the budget used for the normalisation statistics
     num_threads: int = 0  # torch threads; 0: torch default
@@ -163,6 +166,46 @@ class BucketBatchSampler(torch.utils.data.Sampler):
         span = self.batch_size * self.pool
         full, rest = divmod(len(self.lengths), span)
         return full * self.pool + math.ceil(rest / self.batch_size)
+
+
+class BlockBatches:
+    """Training batches cut by index from an in-memory feature block (`FeatureDataset(in_memory=True)`):
+    the same batches as `DataLoader(dataset, batch_sampler=sampler, collate_fn=collate)`, without per-item
+    copies. On a GPU the block is moved there once when it fits, so no batch crosses the bus."""
+
+    def __init__(self, dataset: FeatureDataset, sampler: BucketBatchSampler, device: torch.device):
+        if dataset._block is None or dataset.texts is None:
+            raise ValueError("BlockBatches needs a labeled FeatureDataset built with in_memory=True")
+        block = torch.from_numpy(dataset._block)
+        if device.type == "cuda" and block.nbytes > 0.5 * torch.cuda.mem_get_info(device)[0]:
+            device = torch.device("cpu")  # does not fit: batches are cut on the host, moved by Lightning
+        self.block, self.device, self.sampler = block.to(device), device, sampler
+        self.offsets, self.lengths, self.ids = dataset.offsets, dataset.lengths, dataset.ids
+        self.targets = [torch.tensor(encode(dataset.texts[i]), dtype=torch.long) for i in dataset.ids]
+
+    def __len__(self) -> int:
+        return len(self.sampler)
+
+    def __iter__(self) -> Iterator[dict]:
+        # A DataLoader draws one number from torch's global generator per epoch (its workers' base seed):
+        # drawing it here too keeps dropout and SpecAugment, so the trained model, identical on both paths.
+        torch.empty((), dtype=torch.int64).random_()
+        for idx in self.sampler:
+            lens = torch.tensor([self.lengths[i] for i in idx])
+            t = torch.arange(int(lens.max()))
+            valid = t[None, :] < lens[:, None]
+            rows = torch.where(valid, torch.as_tensor(self.offsets[idx])[:, None] + t[None, :], 0)
+            valid, rows = valid.to(self.device), rows.to(self.device)
+            feats = self.block[rows].float() * valid[..., None, None]
+            targets = [self.targets[i] for i in idx]
+            yield {"ids": [self.ids[i] for i in idx], "feats": feats, "lengths": lens.to(self.device),
+                   "targets": torch.cat(targets).to(self.device),
+                   "target_lengths": torch.tensor([len(x) for x in targets], device=self.device)}
+
+
+def training_device(accelerator: str) -> torch.device:
+    gpu = accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
+    return torch.device("cuda" if gpu else "cpu")
 
 
 def sorted_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
@@ -445,8 +488,8 @@ def train(cfg: DownstreamConfig, train_set: FeatureDataset, dev_set: FeatureData
         def configure_optimizers(self):
             opt = torch.optim.AdamW(self.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
 
-            def schedule(step: int) -> float:  # warm-up, then constant: when the run ends is early stopping's call
-                return min(1.0, (step + 1) / max(1, cfg.warmup_steps))
+            def schedule(step: int) -> float:  # warm-up, then constant until dev CER stalls (see DevCER)
+                return min(1.0, (step + 1) / max(1, cfg.warmup_steps)) * dev_cb.lr_scale
 
             sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
             return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
@@ -459,6 +502,7 @@ def train(cfg: DownstreamConfig, train_set: FeatureDataset, dev_set: FeatureData
             self.best_state: dict | None = None
             self.stopped_early = False
             self.non_finite = False
+            self.lr_scale = 1.0
             self.history: list[dict] = []
 
         def evaluate(self, trainer, lit) -> None:
@@ -470,11 +514,14 @@ def train(cfg: DownstreamConfig, train_set: FeatureDataset, dev_set: FeatureData
             wer = c.word_errors / max(1, c.words)
             out_share = sum(len(h) for h in hyp_list) / max(1, dev_ref_chars)
             improved, stop = self.stopper.update(step, cer, out_share)
+            if not improved and self.stopper.left_blank_step is not None:
+                self.lr_scale *= cfg.lr_decay
             if improved:
                 self.best_state = copy.deepcopy(lit.model.state_dict())
             weights = lit.model.layer_weights().detach().tolist()
             loss = trainer.callback_metrics.get("train/loss")
             row = {"step": step, "dev_cer": cer, "dev_wer": wer, "dev_output_share": out_share,
+                   "lr_scale": self.lr_scale,
                    "train_loss": float(loss) if loss is not None else None}
             self.history.append(row)
             if trainer.logger is not None:
@@ -495,7 +542,10 @@ def train(cfg: DownstreamConfig, train_set: FeatureDataset, dev_set: FeatureData
 
     dev_cb = DevCER()
     sampler = BucketBatchSampler(train_set.lengths, cfg.batch_size, seed)
-    loader = torch.utils.data.DataLoader(train_set, batch_sampler=sampler, collate_fn=collate)
+    if train_set._block is not None:
+        loader = BlockBatches(train_set, sampler, training_device(cfg.accelerator))
+    else:
+        loader = torch.utils.data.DataLoader(train_set, batch_sampler=sampler, collate_fn=collate)
     trainer = pl.Trainer(
         accelerator=cfg.accelerator, devices=1, max_steps=cap, max_epochs=-1, logger=logger or False,
         callbacks=[dev_cb], enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,

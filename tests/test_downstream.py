@@ -229,6 +229,17 @@ def test_improvements_smaller_than_min_delta_do_not_reset_patience():
     assert stop.update(30, 0.492, 0.9) == (False, True)
 
 
+def test_batches_cut_from_the_in_memory_block_train_the_same_model_as_the_dataloader(fixture_root):
+    store, ids, texts = datasets(fixture_root)
+    cfg = ds.DownstreamConfig.from_params(tiny_params(max_steps=20, eval_every=10)["finetune"])
+    results = [ds.train(cfg, ds.FeatureDataset(store, ids[:12], texts, in_memory=m),
+                        ds.FeatureDataset(store, ids[12:16], texts), texts, seed=0, verbose=False)
+               for m in (False, True)]
+    assert [r.history for r in results[:1]] == [r.history for r in results[1:]]
+    a, b = (r.model.state_dict() for r in results)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
 def test_training_stops_by_patience_on_a_dev_plateau(fixture_root):
     """Dev data the model cannot learn from (its texts shuffled against the features): dev CER plateaus once
     the model leaves the all-blank phase, and patience ends the run long before max_steps."""
