@@ -158,7 +158,8 @@ def aggregate(runs: Sequence[Run], cfg: ReportConfig) -> dict:
                                   f"from the other runs' {test_sets}")
             per_run.setdefault(u, {}).setdefault(budget_name(b), {})[str(r.seed)] = {
                 "tests": {t: {m: v[m] for m in METRICS} for t, v in s["tests"].items()},
-                "weighted": s["weighted"]}
+                "weighted": s["weighted"],
+                **{k: r.info.get(k) for k in ("stop_reason", "steps", "best_step", "degenerate") if k in r.info}}
         weights_used = scores[0]["weights"]
         entry: dict[str, Any] = {"hours": b / 60, "seeds": len(rs), "tests": {}, "weighted": {}}
         for t in test_sets:

@@ -214,3 +214,4 @@ def test_report_stage_writes_metrics_table_markdown_and_figures(tmp_path, fixtur
     assert "judged on weighted WER" in md and "**F2**" in md and "holds" in md
     runs = json.loads((reports / "runs.json").read_text())
     assert runs["fbank"]["60"]["1"]["weighted"]["wer"] == pytest.approx(0.35)
+    assert runs["fbank"]["60"]["1"]["steps"] == 101  # training facts per run beside its scores
