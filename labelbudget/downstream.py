@@ -5,14 +5,13 @@ features (frames, layers, dim) --CMVN per layer--> learned softmax-weighted laye
   --> SpecAugment (training only) --> Conv1d(k=3) projection [--> conv blocks] --> BiLSTM --> Linear
   --> character CTC at `upsample` x `frame_rate` (25 Hz alone is too coarse for fast speech's characters).
 
-Training: AdamW with warmup then a constant rate, multiplied by `lr_decay` at every dev evaluation without
-improvement (newbob: the noise of a high rate would otherwise end runs on a false plateau); dev CER every
-`eval_every` steps; early stopping on dev CER that starts counting only once the model has left the all-blank
-phase (CTC models emit only blanks for
-their first steps, while dev CER is flat at 1.0); the best dev-CER weights are kept. One rule for every
-upstream and budget: stop after `patience` evaluations without an improvement of at least `min_delta`, or at
-the generous `max_steps`. A run stopped by patience has converged; one stopped by `max_steps` has not (the
-report counts them), and one that never left the all-blank phase is degenerate.
+Training: AdamW with warm-up then a constant rate, multiplied by `lr_decay` at every dev evaluation without
+improvement (newbob: the noise of a high rate would otherwise end runs on a false plateau). Dev CER every
+`eval_every` steps; early stopping that starts counting only once the model has left the all-blank phase (CTC
+models emit only blanks for their first steps, while dev CER is flat at 1.0); the best dev-CER weights are
+kept. One rule for every upstream and budget: stop after `patience` evaluations without an improvement of at
+least `min_delta`, or at the generous `max_steps`. A run stopped by patience has converged; one stopped by
+`max_steps` has not (the report counts them), and one that never left the all-blank phase is degenerate.
 
 Lightning is imported only inside the training function: evaluation needs nothing but torch.
 """
