@@ -49,6 +49,7 @@ PHASES: dict[str, tuple[str, ...]] = {
 GATES = ("validate",)  # deterministic checks: never retried, and their failure is reported as such
 REPORT = "reports/results.md"
 METRICS = "reports/metrics.json"
+TIMINGS = "reports/timings.csv"  # written by the flow, not a DVC output: when each stage ran and for how long
 
 # Stage outcomes, as reported in the flow's return value and artifact
 RAN, CACHED, UNCHANGED, UP_TO_DATE = "ran", "restored from run-cache", "unchanged", "up to date"
@@ -336,6 +337,26 @@ def metrics_markdown(metrics: Any) -> str:
     return "\n".join(lines)
 
 
+def write_timings(root: Path, status: dict[str, str], timings: dict[str, tuple[float, float]],
+                  phases: dict[str, list[str]]) -> Path:
+    """One row per stage this run executed, in start order: phase, outcome, start (seconds after the first
+    stage started, and local time) and duration."""
+    import csv
+    from datetime import datetime
+
+    phase_of = {name: phase for phase, names in phases.items() for name in names}
+    t0 = min((t[0] for t in timings.values()), default=0.0)
+    path = root / TIMINGS
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["stage", "phase", "outcome", "start_s", "seconds", "started_at"])
+        for name, (start, end) in sorted(timings.items(), key=lambda kv: kv[1][0]):
+            w.writerow([name, phase_of.get(name, ""), status.get(name, ""), round(start - t0, 1),
+                        round(end - start, 1), datetime.fromtimestamp(start).isoformat(timespec="seconds")])
+    return path
+
+
 def _publish(
     root: Path,
     status: dict[str, str],
@@ -350,6 +371,8 @@ def _publish(
         for phase, names in phases.items()
         for name in names
     ]
+    if timings:
+        write_timings(root, status, timings, phases)
     create_markdown_artifact(
         "| phase | stage | outcome | seconds |\n|---|---|---|---|\n" + "\n".join(rows),
         key="labelbudget-stages",

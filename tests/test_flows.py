@@ -127,6 +127,18 @@ def test_stage_failing_once_is_retried_and_the_run_completes(completed):
     assert completed.metrics["a-1"] == {"wer": 0.3333}
 
 
+def test_stage_timings_are_written_in_start_order(completed):
+    import csv
+
+    with open(completed.root / "reports" / "timings.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert {r["stage"] for r in rows} == set(completed.result["timings"])
+    starts = [float(r["start_s"]) for r in rows]
+    assert starts == sorted(starts) and starts[0] == 0.0
+    assert all(float(r["seconds"]) > 0 and r["phase"] for r in rows)
+    assert {r["outcome"] for r in rows} <= {"ran", "restored from run-cache"}
+
+
 def test_dvc_status_is_clean_after_a_flow_run(completed):
     assert dvc_status(completed.root) == {}
 
