@@ -129,8 +129,7 @@ def pretrain(size: str, params: dict, out: Path, corpus_dir: Path = Path("data/c
         trainer.fit(module, datamodule=Data(), ckpt_path=str(last) if last.exists() else None)
     except NonFiniteLossError:
         # Keep the curves that show the divergence; export nothing.
-        for lg in loggers[:1]:
-            lg.save()
+        loggers[0].save()  # the CSV log, flushed
         if hist.exists():
             shutil.copyfile(hist, out / "history.csv")
         (out / "model.pt").unlink(missing_ok=True)

@@ -79,9 +79,6 @@ class ReportConfig:
         return cfg
 
 
-VERDICTS = ("holds", "does not hold", "inconclusive", "invalid", "not evaluated")
-
-
 @dataclass
 class Run:
     upstream: str
@@ -295,10 +292,11 @@ def hours_to_match(hours: Sequence[float], errors: Sequence[float], target: floa
 
 def judge(diffs: Mapping[str, np.ndarray], ci: float) -> tuple[str, dict[str, list[float]]]:
     """Verdict on a claim that every difference is negative, from their bootstrap replicates."""
-    ivs = {k: [round(x, 4) for x in M.interval(d, ci)] for k, d in diffs.items()}
-    if all(hi < 0 for _, hi in ivs.values()):
+    raw = {k: M.interval(d, ci) for k, d in diffs.items()}
+    ivs = {k: [round(lo, 4), round(hi, 4)] for k, (lo, hi) in raw.items()}  # rounded for the report only
+    if all(hi < 0 for _, hi in raw.values()):
         return "holds", ivs
-    if any(lo > 0 for lo, _ in ivs.values()):
+    if any(lo > 0 for lo, _ in raw.values()):
         return "does not hold", ivs
     return "inconclusive", ivs
 
@@ -320,7 +318,7 @@ def findings(table: Mapping[str, Mapping[str, dict]], reps: Mapping[tuple[str, s
         with np.errstate(invalid="ignore", divide="ignore"):
             return (x - ref) / ref
 
-    def finish(key: str, claim: str, involved: list[str], diffs: dict[str, np.ndarray], detail: str,
+    def finish(claim: str, involved: list[str], diffs: dict[str, np.ndarray], detail: str,
                numbers: dict) -> dict:
         verdict, ivs = judge(diffs, cfg.ci)
         why = {u: health[u]["problems"] for u in involved if health.get(u, {}).get("problems")}
@@ -341,7 +339,7 @@ def findings(table: Mapping[str, Mapping[str, dict]], reps: Mapping[tuple[str, s
         diffs = {f"{s}@{b}": r(s, b) - r(cfg.control, b) for s in ssl for b in budgets}
         wins = sum(err(s, b) < err(cfg.control, b) for s in ssl for b in budgets)
         numbers = {b: {u: round(err(u, b), 4) for u in [*ssl, cfg.control]} for b in budgets}
-        out["F0"] = finish("F0", claim, [*ssl, cfg.control], diffs,
+        out["F0"] = finish(claim, [*ssl, cfg.control], diffs,
                            f"{wins}/{len(diffs)} (size, budget) pairs beat the control on the means", numbers)
     else:
         out["F0"] = skipped(claim, f"`{cfg.control}` or the SSL sizes are not among the upstreams")
@@ -349,7 +347,7 @@ def findings(table: Mapping[str, Mapping[str, dict]], reps: Mapping[tuple[str, s
     if s in table and big in table:
         numbers = {b: {big: round(err(big, b), 4), s: round(err(s, b), 4)} for b in budgets}
         wins = sum(err(big, b) < err(s, b) for b in budgets)
-        out["F1"] = finish("F1", f"`{big}` has a lower weighted {name} than `{s}` at every budget", [s, big],
+        out["F1"] = finish(f"`{big}` has a lower weighted {name} than `{s}` at every budget", [s, big],
                            {b: r(big, b) - r(s, b) for b in budgets},
                            f"better on the means at {wins}/{len(budgets)} budgets", numbers)
         claim = f"from {large_b} to {small_b} min, `{big}` degrades less than `{s}` (relative)"
@@ -359,7 +357,7 @@ def findings(table: Mapping[str, Mapping[str, dict]], reps: Mapping[tuple[str, s
         else:
             diff = deg(r(big, small_b), r(big, large_b)) - deg(r(s, small_b), r(s, large_b))
             lo, hi = M.interval(diff, cfg.ci)
-            out["F2"] = finish("F2", claim, [s, big], {"degradation difference": diff},
+            out["F2"] = finish(claim, [s, big], {"degradation difference": diff},
                                f"{big} {dl:+.1%} vs {s} {dsm:+.1%}; difference {dl - dsm:+.1%} "
                                f"[{pct} interval {lo:+.1%}, {hi:+.1%}]",
                                {big: round(dl, 4), s: round(dsm, 4)})
@@ -373,7 +371,7 @@ def findings(table: Mapping[str, Mapping[str, dict]], reps: Mapping[tuple[str, s
         with np.errstate(invalid="ignore", divide="ignore"):
             gains = (rf - r(big, small_b)) / rf
         lo, hi = M.interval(gains, cfg.ci)
-        out["F3"] = finish("F3", f"at {small_b} min, `{big}` beats `{cfg.baseline}` by >= {cfg.f3_margin:.0%} "
+        out["F3"] = finish(f"at {small_b} min, `{big}` beats `{cfg.baseline}` by >= {cfg.f3_margin:.0%} "
                                  "relative", [big, cfg.baseline], {"margin - gain": cfg.f3_margin - gains},
                            f"{big} {lg:.3f} vs {cfg.baseline} {fb:.3f}: {gain:+.1%} relative "
                            f"[{pct} interval {lo:+.1%}, {hi:+.1%}]",
