@@ -1,6 +1,7 @@
 # Two entry points, each sets itself up on a fresh machine:
 #   make experiment   run the default experiment end to end (DVC pipeline driven by Prefect)
-#   make test         run the test suite (what CI runs)
+#   make test-all     run the whole test suite (what CI runs)
+#   make test         the fast suite, without the end-to-end `slow` tests (a minute or two)
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
@@ -14,7 +15,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export GX_ANALYTICS_ENABLED := false
 export PREFECT_HOME ?= $(CURDIR)/.prefect
 
-.PHONY: experiment test lint install
+.PHONY: experiment test test-all lint install
 
 install: $(STAMP)
 
@@ -32,6 +33,10 @@ experiment: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest
+
+# -m "" lifts pyproject's `-m 'not slow'`
+test-all: $(STAMP)
+	$(PY) -m pytest -m ""
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from tiny_corpus import build
 
 from labelbudget import batching
 from labelbudget.extraction import CheckpointError, NonFiniteFeaturesError, extract_part, load_upstream, resolve_layers
@@ -30,9 +29,9 @@ def params(**pretrain_overrides) -> dict:
     return p
 
 
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-    return build(tmp_path_factory.mktemp("corpus"))
+@pytest.fixture(scope="session")
+def corpus(speech_corpus):
+    return speech_corpus
 
 
 def encoder_weights(path: Path) -> dict[str, torch.Tensor]:

@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 
 import pytest
-from corpus_fixtures import SR, VALIDATE_CFG, build_librispeech, sentence, tone, write_audio
+from corpora import SR, VALIDATE_CFG, build_librispeech, sentence, tone, write_audio
 
 from labelbudget import sources
 from labelbudget.audio import AudioDecodeError

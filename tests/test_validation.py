@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from corpus_fixtures import SR, VALIDATE_CFG, build_corpus, build_librispeech, tone, write_audio
+from corpora import SR, VALIDATE_CFG, build_corpus, build_librispeech, tone, write_audio
 
 from labelbudget.io import write_jsonl
 from labelbudget.manifest import Corpus

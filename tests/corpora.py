@@ -1,7 +1,8 @@
-"""Tiny corpora for the source and validation tests, written at test time (no audio is committed).
+"""Tiny corpora written at test time (no audio is committed): our own format, and the LibriSpeech layout.
 
 Every file is a short sine with noise bursts, distinct per seed, so that no two files share content unless a
-test makes them. Builders return what the tests need to point `ingest` or `validate_corpus` at.
+test makes them. Builders return what the tests need to point `ingest`, `validate_corpus` or a stage at.
+Fixtures built from them live in conftest.py.
 """
 
 from __future__ import annotations
@@ -69,20 +70,26 @@ def write_audio(path: Path, wav: np.ndarray, sr: int = SR, fmt: str = "FLAC") ->
 
 
 def build_corpus(tmp: Path, n_unlabeled: int = 3, n_labeled: int = 3, n_test: int = 2,
-                 corpus_dir: str = "corpus") -> Corpus:
+                 corpus_dir: str = "corpus", tests: tuple[str, ...] = ("clean",),
+                 seconds: tuple[float, float] = (1.0, 1.0), seed: int = 0) -> Corpus:
     """A clean corpus in our own format: `tmp/audio/<part>/<id>.flac`, manifests and corpus.json in
-    `tmp/<corpus_dir>`. Test speakers are declared held out; every sentence is used once."""
-    corpus = Corpus(dir=tmp / corpus_dir, root=tmp / "audio", tests=["clean"],
+    `tmp/<corpus_dir>`. Test speakers are declared held out; every sentence is used once. Durations are drawn
+    uniformly from `seconds` (fixed when both ends are equal)."""
+    rng = np.random.default_rng(seed)
+    corpus = Corpus(dir=tmp / corpus_dir, root=tmp / "audio", tests=list(tests),
                     held_out_speakers=[f"spk-t{i}" for i in range(n_test)], source="fixture")
-    sizes = {"unlabeled": ("u", n_unlabeled), "labeled": ("l", n_labeled), "test-clean": ("t", n_test)}
-    k = 0
+    sizes = {"unlabeled": ("u", n_unlabeled), "labeled": ("l", n_labeled),
+             **{f"test-{t}": (f"t{t}" if len(tests) > 1 else "t", n_test) for t in tests}}
+    k = seed * 100_000
     for part, (tag, n) in sizes.items():
         rows = []
         for i in range(n):
             uid = f"{tag}-{i:03d}"
-            write_audio(corpus.root / part / f"{uid}.flac", tone(seed=k))
-            rows.append({"id": uid, "audio": f"{part}/{uid}.flac", "duration": 1.0, "sample_rate": SR,
-                         "text": sentence(k), "speaker": f"spk-{tag}{i}", "domain": part})
+            duration = round(float(rng.uniform(*seconds)), 2)
+            write_audio(corpus.root / part / f"{uid}.flac", tone(seed=k, seconds=duration))
+            speaker = f"spk-t{i}" if part.startswith("test-") else f"spk-{tag}{i}"
+            rows.append({"id": uid, "audio": f"{part}/{uid}.flac", "duration": duration, "sample_rate": SR,
+                         "text": sentence(k), "speaker": speaker, "domain": part})
             k += 1
         write_manifest(corpus.manifest_path(part), rows)
     corpus.save_meta()
