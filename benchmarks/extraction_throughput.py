@@ -21,8 +21,9 @@ from common import REPO, load_profile, sync
 
 from labelbudget.batching import bucket_batches, collate_waves
 from labelbudget.encoder import Encoder, EncoderConfig
-from labelbudget.extraction import Upstream, featurize, resolve_layers
-from labelbudget.logmel import LogMel, normalize
+from labelbudget.extraction import featurize, resolve_layers
+from labelbudget.logmel import normalize
+from labelbudget.upstreams.ssl import EncoderUpstream
 
 
 def utterances(n: int, seed: int = 0) -> list[torch.Tensor]:
@@ -31,21 +32,20 @@ def utterances(n: int, seed: int = 0) -> list[torch.Tensor]:
             for _ in range(n)]
 
 
-def stage_path(up: Upstream, wavs, layers, batch_seconds, device) -> float:
-    logmel = LogMel(up.n_mels).to(device)
+def stage_path(up: EncoderUpstream, wavs, layers, batch_seconds, device) -> float:
     durations = [len(w) / 16000 for w in wavs]
     sync(device)
     t = time.perf_counter()
     for batch in bucket_batches(durations, batch_seconds):
         wav, lengths = collate_waves([wavs[i] for i in batch])
-        featurize(up, logmel, wav, lengths, layers, device)
+        featurize(up, wav, lengths, layers, device)
     sync(device)
     return time.perf_counter() - t
 
 
 @torch.inference_mode()
-def naive_path(up: Upstream, wavs, head: torch.nn.Linear, device) -> float:
-    logmel = LogMel(up.n_mels).to(device)
+def naive_path(up: EncoderUpstream, wavs, head: torch.nn.Linear, device) -> float:
+    logmel = up.logmel
     sync(device)
     t = time.perf_counter()
     for w in wavs:
@@ -61,15 +61,16 @@ def naive_path(up: Upstream, wavs, head: torch.nn.Linear, device) -> float:
 RSS_CHILD = """
 import resource, sys, torch
 sys.path.insert(0, {tests!r})
-from tiny_corpus import build
+from corpora import build_corpus
 from labelbudget.encoder import Encoder, EncoderConfig
-from labelbudget.extraction import Upstream, extract_part
+from labelbudget.extraction import extract_part
+from labelbudget.upstreams.ssl import EncoderUpstream
 from pathlib import Path
 root = Path({root!r})
-corpus = build(root / "corpus", n_unlabeled=1, n_labeled={n}, tests=("a",), n_test=1)
+corpus = build_corpus(root, n_unlabeled=1, n_labeled={n}, tests=("a",), n_test=1, seconds=(1.0, 3.0))
 base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 torch.manual_seed(0)
-up = Upstream("random", Encoder(EncoderConfig(**{cfg!r})).eval(), "random", 80)
+up = EncoderUpstream("random", Encoder(EncoderConfig(**{cfg!r})), "random")
 layers = list(range(up.num_layers + 1))
 extract_part(up, corpus, "labeled", root / "feats", layers, 60, 64, torch.device("cpu"))
 print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, base / 1024)
@@ -97,7 +98,7 @@ def main() -> None:
     device = torch.device(args.device)
     cfg = EncoderConfig.from_params(params["models"][args.size], params["features"]["n_mels"])
     torch.manual_seed(0)
-    up = Upstream(args.size, Encoder(cfg).eval().to(device), "benchmark", cfg.n_mels)
+    up = EncoderUpstream(args.size, Encoder(cfg), "benchmark").to(device)
     head = torch.nn.Linear(cfg.dim, params["pretrain"]["codebook_size"]).to(device)
     wavs = utterances(args.utterances)
     audio = sum(len(w) for w in wavs) / 16000

@@ -78,8 +78,8 @@ def apply_params(root: Path, profile: str | None = None, overrides: dict[str, An
     """Write the profile (copied from profiles/<name>.yaml) and then the overrides into params.yaml.
 
     Overrides are dotted keys that must already exist, e.g. {"subsets.budgets_min": [2, 6], "ssl_sizes":
-    ["small"]}. `upstreams` follows `ssl_sizes` and `baselines` unless it is overridden too (DVC cannot
-    concatenate lists, so dvc.yaml keeps it as a key of its own). Comments in params.yaml are kept."""
+    ["small"]}. The `ssl` entries of `upstreams` follow `ssl_sizes` unless `upstreams` is overridden too.
+    Comments in params.yaml are kept."""
     from dvc.utils.serialize import modify_yaml
 
     if profile:
@@ -90,13 +90,8 @@ def apply_params(root: Path, profile: str | None = None, overrides: dict[str, An
         return
     overrides = dict(overrides)
     with modify_yaml(str(root / "params.yaml")) as params:
-        if (
-            "upstreams" in params
-            and "upstreams" not in overrides
-            and {"ssl_sizes", "baselines"} & set(overrides)
-        ):
-            sizes = overrides.get("ssl_sizes", params.get("ssl_sizes", []))
-            overrides["upstreams"] = [*sizes, *overrides.get("baselines", params.get("baselines", []))]
+        if "upstreams" in params and "upstreams" not in overrides and "ssl_sizes" in overrides:
+            overrides["upstreams"] = follow_sizes(dict(params["upstreams"]), overrides["ssl_sizes"])
         for key, value in overrides.items():
             *parents, leaf = key.split(".")
             node = params
@@ -106,6 +101,21 @@ def apply_params(root: Path, profile: str | None = None, overrides: dict[str, An
                 raise ValueError(f"unknown param {key!r} in {root / 'params.yaml'}")
             if node[leaf] != value:
                 node[leaf] = _same_style(node[leaf], value)
+
+
+def follow_sizes(upstreams: dict[str, Any], sizes: list[str]) -> dict[str, Any]:
+    """`upstreams` with one `ssl` entry per size in `sizes`, in that order, then the other kinds."""
+    from ruamel.yaml.comments import CommentedMap
+
+    def entry(size: str) -> Any:
+        if size in upstreams:
+            return upstreams[size]
+        new = CommentedMap(kind="ssl", source=f"models/pretrain/{size}/model.pt")
+        new.fa.set_flow_style()
+        return new
+
+    others = {k: v for k, v in upstreams.items() if dict(v).get("kind") != "ssl"}
+    return {**{s: entry(s) for s in sizes}, **others}
 
 
 # ---------------------------------------------------------------------------------------------------- stages

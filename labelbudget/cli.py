@@ -105,7 +105,8 @@ def _sizes(profile: str | None) -> int:
     from labelbudget.encoder import size_report
 
     params = load_params(project_root() / PROFILES_DIR / f"{profile}.yaml" if profile else "params.yaml")
-    names = [*params["ssl_sizes"], *([params["models"]["random"]] if "random" in params.get("upstreams", []) else [])]
+    random_sizes = [u["size"] for u in params.get("upstreams", {}).values() if u.get("kind") == "random"]
+    names = [*params["ssl_sizes"], *random_sizes]
     print(f"profile {params.get('profile', '?')}: encoder sizes (instantiated on the meta device)")
     print(f"{'size':<10}{'layers':>7}{'dim':>7}{'parameters':>16}{'AdamW state':>14}{'bf16 weights':>14}")
     for r in size_report(params["models"], list(dict.fromkeys(names)), params["features"]["n_mels"]):

@@ -11,7 +11,16 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
-from labelbudget.logmel import length_mask, subsampled_lengths
+from labelbudget.logmel import length_mask
+
+SUBSAMPLING = 4  # log-mel frames per encoder frame: two stride-2 convolutions (100 Hz -> 25 Hz)
+
+
+def subsampled_lengths(lengths: torch.Tensor | int) -> torch.Tensor | int:
+    """Frames after the two stride-2 convolutions (kernel 3, padding 1) of `Subsampling`."""
+    for _ in range(2):
+        lengths = (lengths - 1) // 2 + 1
+    return lengths
 
 
 @dataclass
@@ -50,6 +59,8 @@ class Subsampling(nn.Module):
 
 
 class Encoder(nn.Module):
+    subsampling = SUBSAMPLING
+
     def __init__(self, cfg: EncoderConfig):
         super().__init__()
         self.cfg = cfg

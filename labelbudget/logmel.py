@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import nn
 
@@ -63,10 +61,3 @@ def normalize(feats: torch.Tensor, lengths: torch.Tensor, eps: float = 1e-5) -> 
     mean = (feats * mask).sum(1, keepdim=True) / n
     var = ((feats - mean).square() * mask).sum(1, keepdim=True) / n
     return (feats - mean) / torch.sqrt(var + eps) * mask
-
-
-def subsampled_lengths(lengths: torch.Tensor | int, factor: int = 4) -> torch.Tensor | int:
-    """Frames after `log2(factor)` stride-2 convolutions with kernel 3 and padding 1."""
-    for _ in range(int(math.log2(factor))):
-        lengths = (lengths - 1) // 2 + 1
-    return lengths

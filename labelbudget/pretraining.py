@@ -11,9 +11,9 @@ from pathlib import Path
 import torch
 
 from labelbudget.batching import StepBatchSampler, WaveDataset, collate_waves
-from labelbudget.encoder import EncoderConfig, count_parameters
+from labelbudget.encoder import EncoderConfig, count_parameters, subsampled_lengths
 from labelbudget.io import atomic_path, write_json
-from labelbudget.logmel import LogMel, normalize, subsampled_lengths
+from labelbudget.logmel import LogMel, normalize
 from labelbudget.manifest import Corpus
 from labelbudget.ssl import STACK, KMeansQuantizer, NonFiniteLossError, stack_frames
 

@@ -12,10 +12,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from labelbudget.encoder import Encoder, EncoderConfig
-from labelbudget.logmel import LogMel, length_mask, normalize, subsampled_lengths
+from labelbudget.encoder import SUBSAMPLING, Encoder, EncoderConfig, subsampled_lengths
+from labelbudget.logmel import LogMel, length_mask, normalize
 
-STACK = 4  # log-mel frames per encoder frame (4x subsampling)
+STACK = SUBSAMPLING  # log-mel frames under each encoder frame: the prediction targets' input
 
 
 def stack_frames(feats: torch.Tensor, out_frames: int) -> torch.Tensor:

@@ -275,17 +275,23 @@ def test_dask_task_runner_runs_the_toy_dag(prefect_api, tmp_path):
 def test_overrides_go_into_params_after_the_profile_keeping_comments(tmp_path):
     (tmp_path / "profiles").mkdir()
     (tmp_path / "profiles" / "smoke.yaml").write_text(
-        "profile: smoke  # which profile\nssl_sizes: [small, large]\nbaselines: [fbank]\n"
-        "upstreams: [small, large, fbank]\nsubsets:\n  budgets_min: [1, 2]\n  seeds: [0]\n"
+        "profile: smoke  # which profile\nssl_sizes: [small, large]\nupstreams:\n"
+        "  small: {kind: ssl, source: models/pretrain/small/model.pt}\n"
+        "  large: {kind: ssl, source: models/pretrain/large/model.pt}\n"
+        "  fbank: {kind: fbank, source: labelbudget/logmel.py}\n"
+        "subsets:\n  budgets_min: [1, 2]\n  seeds: [0]\n"
     )
     (tmp_path / "params.yaml").write_text("profile: default\n")
-    apply_params(tmp_path, "smoke", {"subsets.budgets_min": [1, 2, 5], "ssl_sizes": ["small"]})
+    apply_params(tmp_path, "smoke", {"subsets.budgets_min": [1, 2, 5], "ssl_sizes": ["small", "tiny"]})
     text = (tmp_path / "params.yaml").read_text()
     assert "# which profile" in text
     params = yaml.safe_load(text)
     assert params["profile"] == "smoke"
     assert params["subsets"] == {"budgets_min": [1, 2, 5], "seeds": [0]}
-    assert params["upstreams"] == ["small", "fbank"]  # follows ssl_sizes + baselines
+    # the ssl upstreams follow ssl_sizes: `large` dropped, `tiny` added, fbank kept
+    assert params["upstreams"] == {"small": {"kind": "ssl", "source": "models/pretrain/small/model.pt"},
+                                   "tiny": {"kind": "ssl", "source": "models/pretrain/tiny/model.pt"},
+                                   "fbank": {"kind": "fbank", "source": "labelbudget/logmel.py"}}
 
 
 def test_unknown_override_is_rejected(tmp_path):

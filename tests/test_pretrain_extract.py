@@ -13,10 +13,12 @@ import torch
 import yaml
 
 from labelbudget import batching
-from labelbudget.extraction import CheckpointError, NonFiniteFeaturesError, extract_part, load_upstream, resolve_layers
+from labelbudget import upstreams
+from labelbudget.extraction import NonFiniteFeaturesError, extract_part, resolve_layers
 from labelbudget.featstore import FeatureStore
 from labelbudget.pretraining import pretrain
 from labelbudget.ssl import NonFiniteLossError
+from labelbudget.upstreams.ssl import CheckpointError
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -110,6 +112,13 @@ def test_pretraining_runs_with_two_ddp_processes_on_cpu(tmp_path, corpus):
     assert (tmp_path / "models" / "pretrain" / "small" / "model.pt").exists()
 
 
+def load_upstream(name: str, p: dict, models_dir: Path) -> upstreams.Upstream:
+    """An upstream of the smoke params, SSL sizes read from `models_dir/<size>/model.pt`."""
+    for size in p["ssl_sizes"]:
+        p["upstreams"][size]["source"] = str(models_dir / size / "model.pt")
+    return upstreams.load(name, p)
+
+
 @pytest.fixture(scope="module")
 def pretrained(tmp_path_factory, corpus):
     out = tmp_path_factory.mktemp("models")
@@ -145,7 +154,7 @@ def test_features_of_another_checkpoint_are_discarded_not_mixed(tmp_path, corpus
     up = load_upstream("small", params(), pretrained)
     summary = extract_part(up, corpus, "test-clean", tmp_path, [0, 1], 10, 2, torch.device("cpu"))
     assert summary["reused_shards"] == 0
-    assert FeatureStore(tmp_path).meta["checkpoint_sha256"] == up.checkpoint
+    assert FeatureStore(tmp_path).meta["checkpoint_sha256"] == up.fingerprint
 
 
 def test_missing_truncated_or_mismatched_checkpoint_is_named(tmp_path, pretrained):

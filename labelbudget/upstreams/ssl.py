@@ -1,0 +1,68 @@
+"""Kind `ssl`: an encoder pre-trained by this project's `pretrain` stage, loaded from its export.
+
+    small: {kind: ssl, source: models/pretrain/small/model.pt}   # size: small (default: the upstream's name)
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from labelbudget.encoder import Encoder, EncoderConfig
+from labelbudget.featstore import sha256_file
+from labelbudget.logmel import HOP, SAMPLE_RATE, LogMel, normalize
+from labelbudget.pretraining import FORMAT
+from labelbudget.upstreams.base import Upstream, UpstreamError
+
+
+class CheckpointError(UpstreamError):
+    pass
+
+
+class EncoderUpstream(Upstream):
+    """Log-mel -> our Transformer encoder; hidden state 0 is the subsampled front end's output."""
+
+    def __init__(self, name: str, encoder: Encoder, fingerprint: str):
+        self.name, self.encoder, self.fingerprint = name, encoder.eval(), fingerprint
+        self.logmel = LogMel(encoder.cfg.n_mels)
+        self.dim, self.num_layers = encoder.cfg.dim, encoder.cfg.layers
+        self.frame_rate = SAMPLE_RATE / HOP / encoder.subsampling
+
+    def hidden_states(self, wavs: torch.Tensor, lengths: torch.Tensor, max_layer: int | None = None
+                      ) -> tuple[list[torch.Tensor], torch.Tensor]:
+        feats, flens = self.logmel(wavs, lengths)
+        return self.encoder(normalize(feats, flens), flens, max_layer=max_layer)
+
+
+def load_checkpoint(path: Path, expected: EncoderConfig | None = None) -> Encoder:
+    """Load an exported encoder safely (`weights_only`), with errors that name the file and the mismatch."""
+    if not path.exists():
+        raise CheckpointError(f"{path}: checkpoint missing; run `dvc repro pretrain@<size>` first")
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # truncated or foreign files fail in several ways
+        raise CheckpointError(f"{path}: unreadable checkpoint (truncated or not a torch file): {e}") from None
+    if not isinstance(blob, dict) or blob.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: not a labelbudget SSL export (format {FORMAT!r} expected)")
+    got = blob["encoder_config"]
+    if expected is not None:
+        diff = {k: (got.get(k), v) for k, v in expected.to_dict().items() if got.get(k) != v and k != "dropout"}
+        if diff:
+            detail = ", ".join(f"{k}: checkpoint {a} vs params {b}" for k, (a, b) in diff.items())
+            raise CheckpointError(f"{path}: checkpoint does not match params `models`: {detail}")
+    encoder = Encoder(EncoderConfig(**got))
+    try:
+        encoder.load_state_dict(blob["encoder"])
+    except RuntimeError as e:
+        raise CheckpointError(f"{path}: weights do not fit the encoder: {e}") from None
+    return encoder.eval()
+
+
+def build(name: str, spec: dict[str, Any], params: dict[str, Any]) -> EncoderUpstream:
+    path = Path(spec.get("source") or f"models/pretrain/{name}/model.pt")
+    size = spec.get("size", name)
+    models = params.get("models", {})
+    expected = EncoderConfig.from_params(models[size], params["features"]["n_mels"]) if size in models else None
+    return EncoderUpstream(name, load_checkpoint(path, expected), sha256_file(path))

@@ -1,0 +1,83 @@
+"""Every upstream kind behind one interface: waveforms in, hidden states out, loaded from a params entry."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from labelbudget import upstreams
+from labelbudget.extraction import featurize, resolve_layers
+
+N_MELS = 40
+
+
+def params(**entries) -> dict:
+    return {"seed": 0, "features": {"n_mels": N_MELS},
+            "models": {"tiny": {"layers": 2, "dim": 32, "heads": 2, "ff_mult": 2, "conv_channels": 32}},
+            "upstreams": entries}
+
+
+def waves() -> tuple[torch.Tensor, torch.Tensor]:
+    lengths = torch.tensor([16000, 9000])
+    wav = 0.1 * torch.randn(2, 16000, generator=torch.Generator().manual_seed(0))
+    wav[1, 9000:] = 0
+    return wav, lengths
+
+
+def test_every_kind_of_this_package_is_listed():
+    assert {"fbank", "random", "ssl", "hf"} <= set(upstreams.available_kinds())
+
+
+def test_unknown_kind_and_unknown_name_are_named_with_what_exists():
+    with pytest.raises(upstreams.UpstreamError, match=r"unknown kind 'wav2vec9'; available: fbank, hf, random"):
+        upstreams.load("x", params(x={"kind": "wav2vec9"}))
+    with pytest.raises(upstreams.UpstreamError, match=r"unknown upstream 'nope'.*has x"):
+        upstreams.load("nope", params(x={"kind": "fbank"}))
+    with pytest.raises(upstreams.UpstreamError, match=r"upstreams.x must be a mapping with a `kind`"):
+        upstreams.load("x", params(x="fbank"))
+
+
+@pytest.mark.parametrize("kind,layers,rate", [("fbank", 0, 100.0), ("random", 2, 25.0)])
+def test_hidden_states_have_the_declared_count_width_and_frame_rate(kind, layers, rate):
+    up = upstreams.load("u", params(u={"kind": kind, "size": "tiny"}))
+    assert (up.num_layers, up.frame_rate) == (layers, rate)
+    wav, lengths = waves()
+    hidden, frames = up.hidden_states(wav, lengths)
+    assert len(hidden) == layers + 1
+    assert all(h.shape == (2, int(frames[0]), up.dim) for h in hidden)
+    assert abs(int(frames[0]) - rate) <= 1  # one second of audio
+
+
+def test_random_upstream_is_reproducible_from_the_seed():
+    a = upstreams.load("u", params(u={"kind": "random", "size": "tiny"}))
+    b = upstreams.load("u", params(u={"kind": "random", "size": "tiny"}))
+    wav, lengths = waves()
+    assert torch.equal(a.hidden_states(wav, lengths)[0][-1], b.hidden_states(wav, lengths)[0][-1])
+
+
+def test_random_upstream_needs_a_known_size():
+    with pytest.raises(upstreams.UpstreamError, match=r"upstreams.u.size: 'huge' is not a size"):
+        upstreams.load("u", params(u={"kind": "random", "size": "huge"}))
+
+
+def test_hf_kind_loads_a_local_wav2vec2_folder_and_its_layers_are_extracted(tmp_path):
+    transformers = pytest.importorskip("transformers")
+    cfg = transformers.Wav2Vec2Config(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                      intermediate_size=64, conv_dim=(16, 16), conv_stride=(5, 4),
+                                      conv_kernel=(10, 8), num_conv_pos_embeddings=16,
+                                      num_conv_pos_embedding_groups=2)
+    torch.manual_seed(0)
+    transformers.Wav2Vec2Model(cfg).save_pretrained(tmp_path / "w2v")  # tiny, random: nothing downloaded
+    up = upstreams.load("w2v", params(w2v={"kind": "hf", "source": str(tmp_path / "w2v")}))
+    assert (up.num_layers, up.dim, up.frame_rate) == (2, 32, 800.0)
+    assert len(up.fingerprint) == 64  # sha256 of the folder's files
+    wav, lengths = waves()
+    layers = resolve_layers("all", up)
+    feats = featurize(up, wav, lengths, layers, torch.device("cpu"))
+    assert [f.shape for f in feats] == [(798, 3, 32), (448, 3, 32)]
+
+
+def test_hf_kind_names_a_folder_it_cannot_load(tmp_path):
+    pytest.importorskip("transformers")
+    with pytest.raises(upstreams.UpstreamError, match=r"upstreams.w2v: cannot load"):
+        upstreams.load("w2v", params(w2v={"kind": "hf", "model": str(tmp_path / "missing")}))
