@@ -21,6 +21,7 @@ from labelbudget.io import read_json, write_json
 from labelbudget.manifest import Corpus
 from labelbudget.upstreams import Upstream
 
+
 class NonFiniteFeaturesError(FloatingPointError):
     pass
 

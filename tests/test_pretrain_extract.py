@@ -12,8 +12,7 @@ import pytest
 import torch
 import yaml
 
-from labelbudget import batching
-from labelbudget import upstreams
+from labelbudget import batching, upstreams
 from labelbudget.extraction import NonFiniteFeaturesError, extract_part, resolve_layers
 from labelbudget.featstore import FeatureStore
 from labelbudget.pretraining import pretrain
