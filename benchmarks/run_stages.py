@@ -29,14 +29,23 @@ def lookup(params: dict, dotted: str):
 
 
 def expand(dvc: dict, params: dict) -> list[tuple[str, str]]:
-    """(stage name, command) in dvc.yaml order, matrix entries expanded like DVC does."""
+    """(stage name, command) in dvc.yaml order, `matrix` and `foreach` entries expanded like DVC does."""
     out = []
     for name, stage in dvc["stages"].items():
+        if "foreach" in stage:
+            items = lookup(params, stage["foreach"][2:-1])
+            pairs = items.items() if isinstance(items, dict) else ((str(v), v) for v in items)
+            for key, item in pairs:
+                cmd = stage["do"]["cmd"].replace("${key}", str(key))
+                cmd = re.sub(r"\$\{item\.(\w+)\}", lambda m, item=item: str(item[m.group(1)]), cmd)
+                out.append((f"{name}@{key}", cmd.replace("${item}", str(item))))
+            continue
         matrix = stage.get("matrix")
         if not matrix:
             out.append((name, stage["cmd"]))
             continue
-        axes = {k: lookup(params, v[2:-1]) if isinstance(v, str) else v for k, v in matrix.items()}
+        # a dict axis iterates over its keys, as in DVC
+        axes = {k: list(lookup(params, v[2:-1])) if isinstance(v, str) else v for k, v in matrix.items()}
         for combo in itertools.product(*axes.values()):
             item = dict(zip(axes, combo, strict=True))
             cmd = re.sub(r"\$\{item\.(\w+)\}", lambda m, item=item: str(item[m.group(1)]), stage["cmd"])

@@ -35,7 +35,7 @@ import numpy as np
 
 from labelbudget import metrics as M
 from labelbudget.io import read_json, read_jsonl
-from labelbudget.subsets import budget_name
+from labelbudget.runs import budget_name
 
 METRICS = ("wer", "cer")
 COUNT_KEYS = ("word_errors", "words", "char_errors", "chars")
@@ -49,7 +49,7 @@ class ReportError(ValueError):
 class ReportConfig:
     upstreams: list[str]
     ssl_sizes: list[str]
-    budgets_min: list[float]
+    budgets_min: list[float]  # as spelled in params (2, 2.5, 6000000): they name stages and files
     seeds: list[int]
     smaller: str = "small"
     larger: str = "large"
@@ -68,7 +68,7 @@ class ReportConfig:
         r = dict(params.get("report", {}))
         e = params.get("evaluate", {})
         cfg = cls(upstreams=list(params["upstreams"]), ssl_sizes=list(params["ssl_sizes"]),
-                  budgets_min=sorted(float(b) for b in params["subsets"]["budgets_min"]),
+                  budgets_min=sorted(params["subsets"]["budgets_min"], key=float),
                   seeds=list(params["subsets"]["seeds"]), weights=e.get("weights", M.WORD_COUNT_WEIGHTS),
                   bootstrap=int(e.get("bootstrap", 1000)), ci=float(e.get("ci", 0.95)),
                   seed=int(e.get("bootstrap_seed", 0)), **r)
@@ -88,23 +88,36 @@ class Run:
     info: dict = field(default_factory=dict)
 
 
-def run_dir(eval_dir: Path, upstream: str, budget_min: float, seed: int) -> Path:
-    return Path(eval_dir) / f"{upstream}-{budget_name(budget_min)}-{seed}"
+def index_runs(eval_dir: Path) -> dict[tuple[str, float, int], Path]:
+    """Every evaluation under `eval_dir` by the identity its metrics.json states (upstream, budget, seed),
+    whatever its folder is called."""
+    found: dict[tuple[str, float, int], Path] = {}
+    for f in sorted(Path(eval_dir).glob("*/metrics.json")):
+        m = read_json(f)
+        try:
+            key = (str(m["upstream"]), float(m["budget_minutes"]), int(m["seed"]))
+        except (KeyError, TypeError, ValueError):
+            raise ReportError(f"{f}: does not name its run (upstream, budget_minutes, seed); re-run its "
+                              "`evaluate` stage") from None
+        if key in found:
+            raise ReportError(f"{f} and {found[key] / 'metrics.json'} both claim run {key}")
+        found[key] = f.parent
+    return found
 
 
 def load_runs(eval_dir: str | Path, cfg: ReportConfig) -> list[Run]:
     """Per-utterance results of every (upstream, budget, seed) in params; names every missing run."""
     runs, missing = [], []
+    found = index_runs(Path(eval_dir))
     for u in cfg.upstreams:
         for b in cfg.budgets_min:
             for s in cfg.seeds:
-                d = run_dir(Path(eval_dir), u, b, s)
-                if not (d / "hyps.jsonl").exists():
-                    missing.append(d.name)
+                d = found.get((u, float(b), int(s)))
+                if d is None or not (d / "hyps.jsonl").exists():
+                    missing.append(f"{u}-{budget_name(b)}-{s}")
                     continue
-                info = read_json(d / "metrics.json") if (d / "metrics.json").exists() else {}
                 rows = sorted(read_jsonl(d / "hyps.jsonl"), key=lambda r: (r["test_set"], r["id"]))
-                runs.append(Run(u, b, s, rows, info))
+                runs.append(Run(u, b, s, rows, read_json(d / "metrics.json")))
     if missing:
         raise ReportError(f"{len(missing)} evaluation result(s) missing under {eval_dir}: {missing[:8]}"
                           f"{' ...' if len(missing) > 8 else ''}; run the `evaluate` stages first")
@@ -666,3 +679,44 @@ def write_report(result: dict, cfg: ReportConfig, out_dir: str | Path) -> dict[s
     rel = [str(p.relative_to(out)) for p in paths.values() if p.suffix == ".png"]
     write_text(paths["results"], results_markdown(result, cfg, rel))
     return paths
+
+
+def make_report(params: dict, eval_dir: Path, pretrain_dir: Path, out: Path) -> dict:
+    """Aggregate every evaluation under `eval_dir` into the report under `out` (see the stage's docstring),
+    with the pretraining diagnostics of `pretrain_dir/<size>/`; log it to a W&B run when params has `wandb`."""
+    from labelbudget import tracking
+
+    cfg = ReportConfig.from_params(params)
+    # Pretraining diagnostics (loss, masked accuracy, target usage) sit beside the findings they explain, and
+    # a size whose pretraining is missing or non-finite makes every finding about it invalid.
+    pretraining = {s: read_json(pretrain_dir / s / "metrics.json") for s in params.get("ssl_sizes", [])
+                   if (pretrain_dir / s / "metrics.json").exists()}
+    result = build(eval_dir, cfg, pretraining)
+    paths = write_report(result, cfg, out)
+    histories = {s: pretrain_dir / s / "history.csv" for s in result["pretraining"]
+                 if (pretrain_dir / s / "history.csv").exists()}
+    if plot_pretraining(histories, out / "figures" / "pretraining.png"):
+        paths["pretraining"] = out / "figures" / "pretraining.png"
+    for k, f in result["findings"].items():
+        print(f"{k}: {f['verdict']} - {f['detail']}")
+    print(f"judged on weighted {result['judged_on'].upper()}; report in {paths['results']}")
+
+    if "wandb" in params:
+        import pandas as pd
+
+        import wandb
+
+        run = tracking.init_run(params["wandb"], job_type="report", name="report",
+                                config={"upstreams": cfg.upstreams, "budgets_min": cfg.budgets_min,
+                                        "seeds": cfg.seeds, "judged_on": result["judged_on"]})
+        try:
+            run.log({"sample_efficiency": wandb.Table(dataframe=pd.read_csv(paths["curve_csv"])),
+                     "per_test_set": wandb.Table(dataframe=pd.read_csv(paths["per_test_csv"])),
+                     **{f"figures/{p.stem}": wandb.Image(str(p)) for p in paths.values() if p.suffix == ".png"}})
+            tracking.set_summary(run, {f"finding/{k}": f["verdict"] for k, f in result["findings"].items()})
+            if result["match"]:
+                tracking.set_summary(run, {"match_hours": result["match"]["hours"],
+                                           "match_ratio": result["match"]["ratio"]})
+        finally:
+            tracking.finish(run)
+    return result

@@ -257,3 +257,20 @@ def _declared_duration(value: object, path: Path, lineno: int) -> float | None:
         return float(value)  # type: ignore[arg-type]
     except ValueError:
         raise ValueError(f"{path}: row {lineno}: duration {value!r} is not a number of seconds") from None
+
+
+def prepare(params: dict, out: Path) -> Corpus:
+    """The corpus of params `corpus` into `out` (atomically): synthesized (`source: synth`) or ingested."""
+    from labelbudget.io import atomic_dir
+
+    source = params["corpus"]["source"]
+    with atomic_dir(out) as tmp:
+        if source == "synth":
+            from labelbudget.corpus import SynthConfig, count_utterances, synthesize
+
+            cfg = SynthConfig.from_params(params["corpus"]["synth"], seed=params["seed"])
+            with tqdm(total=count_utterances(cfg), desc="synthesize", unit="utt") as bar:
+                synthesize(cfg, tmp, progress=bar.update)
+        else:
+            ingest(source, params["corpus"]["ingest"], tmp)
+    return Corpus.load(out)  # fail loudly here, not three stages later, if the description is unreadable

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
 
@@ -47,5 +49,26 @@ def draw_budgets(rows: list[dict], budgets_min: list[float], seed: int, toleranc
     return out
 
 
-def budget_name(minutes: float) -> str:
-    return f"{minutes:g}"
+def write_subsets(params: dict, corpus_dir: Path, out: Path) -> dict:
+    """`<out>/dev.txt`, `<out>/<budget>min-seed<seed>.txt` id lists and `<out>/summary.json`, atomically."""
+    from labelbudget.io import atomic_dir, write_json
+    from labelbudget.manifest import Corpus
+    from labelbudget.runs import subset_file
+
+    p = params["subsets"]
+    corpus = Corpus.load(corpus_dir)
+    rows = corpus.read(corpus.labeled)
+    pool, dev = split_dev(rows, p["dev_minutes"], params["seed"])
+    durations = {r["id"]: r["duration"] for r in rows}
+    summary = {"dev": {"utterances": len(dev), "minutes": sum(r["duration"] for r in dev) / 60}}
+    with atomic_dir(out) as tmp:
+        (tmp / "dev.txt").write_text("".join(r["id"] + "\n" for r in dev))
+        for seed in p["seeds"]:
+            for minutes, ids in draw_budgets(pool, p["budgets_min"], seed, p["tolerance"]).items():
+                name = subset_file(minutes, seed).removesuffix(".txt")
+                (tmp / f"{name}.txt").write_text("".join(i + "\n" for i in ids))
+                got = sum(durations[i] for i in ids) / 60
+                summary[name] = {"utterances": len(ids), "minutes": round(got, 3), "budget_minutes": minutes}
+                print(f"{name:<22}{len(ids):>6} utts {got:8.2f} min")
+        write_json(tmp / "summary.json", summary)
+    return summary

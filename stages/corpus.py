@@ -1,4 +1,4 @@
-"""Stage `corpus`: synthesize the embedded corpus, or ingest a real one, into manifests under data/corpus."""
+"""Stage `corpus`: synthesize the embedded corpus, or ingest a real one, into manifests (labelbudget.sources)."""
 
 from __future__ import annotations
 
@@ -6,38 +6,23 @@ import argparse
 import time
 from pathlib import Path
 
-from tqdm import tqdm
-
 from labelbudget.config import load_params
-from labelbudget.io import atomic_dir
-from labelbudget.manifest import Corpus, total_hours
-
-OUT = Path("data/corpus")
+from labelbudget.manifest import total_hours
+from labelbudget.sources import prepare
 
 
-def main() -> None:
-    argparse.ArgumentParser(description=__doc__).parse_args()
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--out", type=Path, default=Path("data/corpus"), help="corpus folder to write")
+    args = ap.parse_args(argv)
     params = load_params()
-    source = params["corpus"]["source"]
     start = time.time()
-    with atomic_dir(OUT) as tmp:
-        if source == "synth":
-            from labelbudget.corpus import SynthConfig, count_utterances, synthesize
-
-            cfg = SynthConfig.from_params(params["corpus"]["synth"], seed=params["seed"])
-            with tqdm(total=count_utterances(cfg), desc="synthesize", unit="utt") as bar:
-                corpus = synthesize(cfg, tmp, progress=bar.update)
-        else:
-            from labelbudget.sources import ingest
-
-            corpus = ingest(source, params["corpus"]["ingest"], tmp)
-        lines = [f"{'part':<24}{'utts':>7}{'hours':>9}"]
-        for part in corpus.parts:
-            rows = corpus.read(part)
-            lines.append(f"{part:<24}{len(rows):>7}{total_hours(rows):>9.3f}")
-    print("\n".join(lines))
-    print(f"corpus ({source}) written to {OUT} in {time.time() - start:.1f} s")
-    Corpus.load(OUT)  # fail loudly here, not three stages later, if the description is unreadable
+    corpus = prepare(params, args.out)
+    print(f"{'part':<24}{'utts':>7}{'hours':>9}")
+    for part in corpus.parts:
+        rows = corpus.read(part)
+        print(f"{part:<24}{len(rows):>7}{total_hours(rows):>9.3f}")
+    print(f"corpus ({params['corpus']['source']}) written to {args.out} in {time.time() - start:.1f} s")
 
 
 if __name__ == "__main__":

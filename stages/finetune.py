@@ -1,10 +1,5 @@
-"""Stage `finetune@upstream-budget-seed`: the downstream CTC model on one label budget's cached features.
-
-Checks every input before training (features of the budget, dev and every test set; the layer choice; the
-evaluation weights) and fails with a message naming what is missing. Writes models/finetune/<upstream>-
-<budget>-<seed>/ (model.pt with the best dev-CER weights, train.json with the training history) atomically,
-and one W&B run (job_type finetune) whose summary holds per-test-set WER and CER.
-"""
+"""Stage `finetune@<upstream>-<budget>-<seed>`: the downstream CTC model on one label budget's cached features
+(labelbudget.finetuning). Every input is checked before training; a missing one is named."""
 
 from __future__ import annotations
 
@@ -12,111 +7,25 @@ import argparse
 from pathlib import Path
 
 from labelbudget.config import configure_threads, load_params
-from labelbudget.io import atomic_dir, write_json
-from labelbudget.manifest import Corpus
-from labelbudget.subsets import budget_name
-
-FEATURES = Path("data/features")
-SUBSETS = Path("data/subsets")
-CORPUS = Path("data/corpus")
-OUT = Path("models/finetune")
-
-
-def read_ids(path: Path, what: str) -> list[str]:
-    from labelbudget.downstream import DownstreamInputError
-
-    if not path.exists():
-        raise DownstreamInputError(f"{what}: {path} does not exist; run the `subsets` stage (is the budget "
-                                   "in params subsets.budgets_min?)")
-    return [line.strip() for line in path.read_text().splitlines() if line.strip()]
-
-
-def run(upstream: str, budget: str, seed: int, params: dict) -> Path:
-    from labelbudget import downstream as ds
-    from labelbudget import tracking
-    from labelbudget.metrics import check_weights, corpus_scores
-
-    minutes = float(budget)
-    cfg = ds.DownstreamConfig.from_params(params["finetune"])
-    corpus = Corpus.load(CORPUS)
-    texts = {r["id"]: r["text"] for r in corpus.read(corpus.labeled)}
-
-    # --- every input checked before any training ---
-    root = FEATURES / upstream
-    if not root.is_dir():
-        raise ds.DownstreamInputError(f"upstream {upstream!r}: no features at {root}; run "
-                                      f"`extract@{upstream}` (params upstreams: {params.get('upstreams')})")
-    labeled = ds.open_part(root, corpus.labeled)
-    what = f"budget {budget} min seed {seed}"
-    train_ids = read_ids(SUBSETS / f"{budget_name(minutes)}min-seed{seed}.txt", what)
-    dev_ids = read_ids(SUBSETS / "dev.txt", "dev split")
-    ds.check_ids(labeled, train_ids, what)
-    ds.check_ids(labeled, dev_ids, "dev split")
-    tests = {}
-    for name in corpus.tests:
-        store = ds.open_part(root, corpus.test_part(name))
-        ds.check_compatible(labeled, store)
-        rows = corpus.read(corpus.test_part(name))
-        ds.check_ids(store, [r["id"] for r in rows], f"test set {name!r}")
-        tests[name] = (store, rows)
-    # Weights do not change training (so they are not a param of this stage), but a mismatch must stop the
-    # pipeline before hours of training, not at evaluation.
-    check_weights(params.get("evaluate", {}).get("weights"), corpus.tests)
-    layer = ds.layer_index(labeled, cfg.layer)
-
-    train_set = ds.FeatureDataset(labeled, train_ids, texts, layer, in_memory=True)
-    dev_set = ds.FeatureDataset(labeled, dev_ids, texts, layer, in_memory=True)
-    in_budget = set(train_ids)
-    hours = sum(r["duration"] for r in corpus.read(corpus.labeled) if r["id"] in in_budget) / 3600
-    name = f"{upstream}-{budget}-{seed}"
-    config = {"upstream": upstream, "budget_minutes": minutes, "budget_hours": minutes / 60,
-              "labeled_hours": hours, "seed": seed, "utterances": len(train_ids),
-              "max_steps": cfg.max_steps, "downstream": params["finetune"]}
-    run = tracking.init_run(params["wandb"], job_type="finetune", name=name, config=config)
-    try:
-        logger = tracking.lightning_logger(run)
-        result = ds.train(cfg, train_set, dev_set, texts, seed, logger=logger)
-        # Per-test-set scores for the run's summary (the `evaluate` stage writes the full evaluation).
-        summary = {"dev/best_cer": result.best_dev_cer, "steps": result.steps, "best_step": result.best_step}
-        for tname, (store, rows) in tests.items():
-            hyps = ds.transcribe(result.model, ds.FeatureDataset(store, [r["id"] for r in rows], layer=layer))
-            s = corpus_scores([r["text"] for r in rows], [hyps[r["id"]] for r in rows], tname)
-            summary[f"test/{tname}/wer"], summary[f"test/{tname}/cer"] = s["wer"], s["cer"]
-        summary.update({f"layer_weight/{k}": w for k, w in enumerate(result.layer_weights)})
-        tracking.set_summary(run, summary)
-    finally:
-        tracking.finish(run)
-
-    meta = {**config, "layer_index": layer, "features_layers": labeled.meta["layers"],
-            "features_meta": {k: labeled.meta.get(k) for k in ("upstream", "checkpoint_sha256",
-                                                                "frame_rate")}}
-    info = {**meta, "steps": result.steps, "best_step": result.best_step, "best_dev_cer": result.best_dev_cer,
-            "left_blank_step": result.left_blank_step, "stopped_early": result.stopped_early,
-            "stop_reason": result.stop_reason, "degenerate": result.degenerate,
-            "non_finite_loss": result.non_finite_loss,
-            "train_seconds": result.seconds, "seconds_per_step": result.seconds_per_step,
-            "layer_weights": result.layer_weights, "history": result.history,
-            "test_summary": {k: v for k, v in summary.items() if k.startswith("test/")}}
-    out = OUT / name
-    with atomic_dir(out) as tmp:
-        ds.save_checkpoint(tmp / "model.pt", result.model, meta)
-        write_json(tmp / "train.json", info)
-    print(f"{name}: {result.steps} steps (max {result.max_steps}) in {result.seconds:.1f} s "
-          f"({result.seconds_per_step * 1000:.0f} ms/step), best dev CER {result.best_dev_cer:.3f} "
-          f"at step {result.best_step}, stopped by {result.stop_reason}"
-          f"{'; DEGENERATE (never left the all-blank phase)' if result.degenerate else ''}")
-    return out
+from labelbudget.runs import RunKey
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("upstream", help="an entry of params `upstreams` (an SSL size, fbank or random)")
-    parser.add_argument("budget", help="label budget in minutes (an entry of params subsets.budgets_min)")
-    parser.add_argument("seed", type=int, help="subset seed (an entry of params subsets.seeds)")
-    args = parser.parse_args(argv)
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("upstream", help="a name in params `upstreams`")
+    ap.add_argument("budget", help="label budget in minutes, as spelled in params subsets.budgets_min")
+    ap.add_argument("seed", type=int, help="subset seed (an entry of params subsets.seeds)")
+    ap.add_argument("--features", type=Path, help="default: data/features/<upstream>")
+    ap.add_argument("--subsets", type=Path, default=Path("data/subsets"), help="id lists of the budgets")
+    ap.add_argument("--corpus", type=Path, default=Path("data/corpus"))
+    ap.add_argument("--out", type=Path, help="default: models/finetune/<upstream>-<budget>-<seed>")
+    args = ap.parse_args(argv)
     configure_threads()
-    run(args.upstream, args.budget, args.seed, load_params())
+    from labelbudget.finetuning import finetune
+
+    key = RunKey.of(args.upstream, args.budget, args.seed)
+    finetune(key, load_params(), args.features or Path("data/features") / key.upstream, args.subsets,
+             args.corpus, args.out or Path("models/finetune") / key.name)
 
 
 if __name__ == "__main__":

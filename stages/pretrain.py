@@ -11,14 +11,16 @@ from labelbudget.pretraining import pretrain
 from labelbudget.ssl import NonFiniteLossError
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("size", help="a key of params `models` listed in `ssl_sizes`, e.g. small or large")
-    args = ap.parse_args()
+    ap.add_argument("--corpus", type=Path, default=Path("data/corpus"), help="corpus folder (unlabeled part)")
+    ap.add_argument("--out", type=Path, help="default: models/pretrain/<size>")
+    args = ap.parse_args(argv)
     params = load_params()
     configure_threads()
     try:
-        summary = pretrain(args.size, params, Path("models/pretrain") / args.size)
+        summary = pretrain(args.size, params, args.out or Path("models/pretrain") / args.size, args.corpus)
     except NonFiniteLossError as e:
         raise SystemExit(f"pretrain@{args.size} failed: {e}") from None
     if summary:

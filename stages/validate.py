@@ -12,24 +12,24 @@ from labelbudget.config import load_params
 from labelbudget.manifest import Corpus
 from labelbudget.validation import validate_corpus, write_report
 
-CORPUS = Path("data/corpus")
-OUT = Path("data/validation")
 
-
-def main() -> int:
-    argparse.ArgumentParser(description=__doc__).parse_args()
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--corpus", type=Path, default=Path("data/corpus"))
+    ap.add_argument("--out", type=Path, default=Path("data/validation"), help="report.json and summary.md")
+    args = ap.parse_args(argv)
     cfg = load_params()["validate"]
     start = time.time()
-    report = validate_corpus(Corpus.load(CORPUS), cfg)
-    summary = write_report(report, OUT, max_rows=cfg["report_rows"])
+    report = validate_corpus(Corpus.load(args.corpus), cfg)
+    summary = write_report(report, args.out, max_rows=cfg["report_rows"])
     rules = len(report["rules"])
     if not report["passed"]:
         print(summary)
-        print(f"validation FAILED: {len(report['failed_rules'])} of {rules} rules; see {OUT}/summary.md",
+        print(f"validation FAILED: {len(report['failed_rules'])} of {rules} rules; see {args.out}/summary.md",
               file=sys.stderr)
         return 1
     print(f"validation passed: {rules} rules over {sum(report['parts'].values())} utterances "
-          f"in {time.time() - start:.1f} s; report in {OUT}")
+          f"in {time.time() - start:.1f} s; report in {args.out}")
     return 0
 
 

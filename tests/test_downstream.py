@@ -3,7 +3,6 @@ the finetune -> evaluate -> report stages run end to end on the fixture."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import shutil
 from pathlib import Path
@@ -13,10 +12,14 @@ import pytest
 import torch
 
 from labelbudget import downstream as ds
+from labelbudget.evaluation import evaluate
 from labelbudget.featstore import FeatureStore, ShardWriter
+from labelbudget.finetuning import finetune
 from labelbudget.io import write_json
 from labelbudget.manifest import write_manifest
 from labelbudget.metrics import MetricsError
+from labelbudget.report import make_report
+from labelbudget.runs import RunKey
 from labelbudget.text import CHAR_TO_ID
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -25,13 +28,6 @@ TESTS = ["alpha", "beta"]
 # Each upstream: (frame rate, layers kept, dim). fbank runs at 100 Hz and is stacked 4x by the downstream.
 UPSTREAMS = {"small": (25, [1, 2, 3], 12), "large": (25, [1, 2, 3, 4], 16), "fbank": (100, [0], 8),
              "random": (25, [1, 2, 3, 4], 16)}
-
-
-def load_stage(name: str):
-    spec = importlib.util.spec_from_file_location(f"stage_{name}", ROOT / "stages" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def fake_features(text: str, rate: int, n_layers: int, dim: int, rng: np.random.Generator) -> np.ndarray:
@@ -269,7 +265,13 @@ def run_finetune(upstream: str = "small", budget: str = "1", **params):
     p = tiny_params()
     for k, v in params.items():
         p[k] = v
-    return load_stage("finetune").run(upstream, budget, 0, p)
+    return finetune_run(upstream, budget, p)
+
+
+def finetune_run(upstream: str, budget: str, p: dict) -> dict:
+    key = RunKey.of(upstream, budget, 0)
+    return finetune(key, p, Path("data/features") / upstream, Path("data/subsets"), Path("data/corpus"),
+                    Path("models/finetune") / key.name)
 
 
 def test_a_budget_without_features_is_named_before_training(workdir):
@@ -312,11 +314,11 @@ def test_a_layer_not_kept_by_extraction_is_named(workdir):
 
 def test_finetune_evaluate_report_stages_run_end_to_end(workdir):
     p = tiny_params()
-    finetune, evaluate, report = load_stage("finetune"), load_stage("evaluate"), load_stage("report")
     for up in UPSTREAMS:
         for budget in ("0.5", "1"):
-            finetune.run(up, budget, 0, p)
-            evaluate.run(up, budget, 0, p)
+            name = finetune_run(up, budget, p) and RunKey.of(up, budget, 0).name
+            evaluate(p, Path("models/finetune") / name, Path("data/features") / up, Path("data/corpus"),
+                     Path("results/eval") / name)
     out = workdir / "results/eval/large-1-0"
     metrics = json.loads((out / "metrics.json").read_text())
     rows = [json.loads(line) for line in (out / "hyps.jsonl").read_text().splitlines()]
@@ -329,7 +331,7 @@ def test_finetune_evaluate_report_stages_run_end_to_end(workdir):
     assert trained["max_steps"] == 30 and len(trained["layer_weights"]) == 4
     assert trained["stop_reason"] in ("patience", "max_steps") and isinstance(trained["degenerate"], bool)
     assert set(trained["test_summary"]) == {f"test/{t}/{m}" for t in TESTS for m in ("wer", "cer")}
-    result = report.run(p)
+    result = make_report(p, Path("results/eval"), Path("models/pretrain"), Path("reports"))
     assert set(result["findings"]) == {"F0", "F1", "F2", "F3"}
     assert (workdir / "reports/sample_efficiency.csv").exists()
     assert (workdir / f"reports/figures/per_test_set_{result['judged_on']}.png").exists()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -27,14 +26,6 @@ UPSTREAMS = ["small", "large", "fbank", "random"]
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def load_stage(name: str):
-    """A stage script as a module (stages/ is a folder of scripts, not a package)."""
-    spec = importlib.util.spec_from_file_location(f"stage_{name}", ROOT / "stages" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def utterance_rows(weighted_wer: float) -> list[dict]:
     """Three utterances whose word errors add up to weighted_wer * 20. Char errors are 2x the word errors over
     4x the length (A: 20 chars per utterance, B: 40), so the weighted CER is half the weighted WER."""
@@ -54,7 +45,8 @@ def write_fixture(root: Path) -> dict:
             d = root / "results" / "eval" / f"{u}-{b}-{seed}"
             write_jsonl(d / "hyps.jsonl", utterance_rows(wer))
             # Deliberately wrong summary numbers: the report must recompute from the per-utterance rows.
-            write_json(d / "metrics.json", {"weighted": {"wer": 0.999}, "steps": 100 + seed,
+            write_json(d / "metrics.json", {"upstream": u, "budget_minutes": float(b), "seed": seed,
+                                            "weighted": {"wer": 0.999}, "steps": 100 + seed,
                                             "best_dev_cer": 0.5, "stopped_early": True,
                                             "layer_weights": [0.25, 0.75]})
     params = {"upstreams": UPSTREAMS, "ssl_sizes": ["small", "large"],
@@ -112,13 +104,19 @@ def test_findings_hold_on_a_fixture_built_to_satisfy_them(tmp_path, fixture_para
 
 
 def swap_upstreams(root: Path, a: str, b: str) -> None:
-    for d in (root / "results" / "eval").iterdir():
-        u, rest = d.name.split("-", 1)
-        if u in (a, b):
-            d.rename(d.with_name(f"swap{b if u == a else a}-{rest}"))
-    for d in (root / "results" / "eval").iterdir():
-        if d.name.startswith("swap"):
-            d.rename(d.with_name(d.name[4:]))
+    """Swap the identities the runs of `a` and `b` state in their metrics.json (folders keep their names: the
+    report trusts contents)."""
+    for f in (root / "results" / "eval").glob("*/metrics.json"):
+        m = json.loads(f.read_text())
+        if m["upstream"] in (a, b):
+            write_json(f, {**m, "upstream": b if m["upstream"] == a else a})
+
+
+def test_two_evaluations_claiming_one_run_are_refused(tmp_path, fixture_params):
+    m = json.loads((tmp_path / "results/eval/small-6-0/metrics.json").read_text())
+    write_json(tmp_path / "results/eval/small-6-1/metrics.json", m)
+    with pytest.raises(R.ReportError, match=r"both claim run \('small', 6.0, 0\)"):
+        R.build(tmp_path / "results" / "eval", R.ReportConfig.from_params(fixture_params))
 
 
 def test_findings_fail_when_the_larger_model_is_worse(tmp_path, fixture_params):
@@ -193,14 +191,13 @@ def test_missing_evaluations_are_named(tmp_path, fixture_params):
 
 
 def test_report_stage_writes_metrics_table_markdown_and_figures(tmp_path, fixture_params, monkeypatch):
-    stage = load_stage("report")
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("WANDB_MODE", "disabled")
     fixture_params["wandb"] = {"project": "labelbudget-test", "group": "test", "mode": "disabled"}
     for size in ("small", "large"):
         write_json(tmp_path / "models" / "pretrain" / size / "metrics.json",
                    {"train/loss": 4.0, "train/masked_acc": 0.2, "steps": 10})
-    stage.run(fixture_params)
+    R.make_report(fixture_params, Path("results/eval"), Path("models/pretrain"), Path("reports"))
     reports = tmp_path / "reports"
     for name in ("sample_efficiency_wer.png", "sample_efficiency_cer.png", "per_test_set_wer.png"):
         assert (reports / "figures" / name).stat().st_size > 10_000
@@ -215,3 +212,12 @@ def test_report_stage_writes_metrics_table_markdown_and_figures(tmp_path, fixtur
     runs = json.loads((reports / "runs.json").read_text())
     assert runs["fbank"]["60"]["1"]["weighted"]["wer"] == pytest.approx(0.35)
     assert runs["fbank"]["60"]["1"]["steps"] == 101  # training facts per run beside its scores
+
+
+@pytest.mark.parametrize("spelled,name", [(6000000, "6000000"), (2.0, "2.0"), (2, "2"), (0.5, "0.5")])
+def test_budget_names_spell_the_params_value_as_dvc_does(spelled, name):
+    from labelbudget.runs import RunKey, budget_name, subset_file
+
+    assert budget_name(spelled) == name
+    assert RunKey.of("small", spelled, 1).name == f"small-{name}-1"
+    assert subset_file(spelled, 1) == f"{name}min-seed1.txt"
