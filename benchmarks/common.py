@@ -7,14 +7,15 @@ import time
 from pathlib import Path
 
 import torch
-import yaml
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
 
 
 def load_profile(name: str) -> dict:
-    return yaml.safe_load((REPO / "profiles" / f"{name}.yaml").read_text())
+    from labelbudget.profiles import compose_plain
+
+    return compose_plain(REPO, name)
 
 
 def sync(device: torch.device) -> None:

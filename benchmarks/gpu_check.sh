@@ -17,9 +17,11 @@ python3 -c "import torch; print('torch', torch.__version__, 'bf16', torch.cuda.i
 echo "== end to end: stage scripts in DAG order on a tiny GPU configuration =="
 work="$(mktemp -d)"
 (cd "$repo" && git ls-files -z | xargs -0 -I{} cp --parents {} "$work/")
-python3 - "$repo/profiles/smoke.yaml" "$work/params.yaml" <<'PY'
+python3 - "$repo" "$work/params.yaml" <<'PY'
 import sys, yaml
-p = yaml.safe_load(open(sys.argv[1]))
+from pathlib import Path
+from labelbudget.profiles import compose_plain
+p = compose_plain(Path(sys.argv[1]), "smoke")
 p["profile"] = "gpu-check"
 p["corpus"]["synth"].update(unlabeled_hours=0.5, labeled_hours=0.3, test_utterances=20)
 p["pretrain"].update(max_steps=200, warmup_steps=20, precision="auto", grad_clip=1.0, checkpoint_every=100)

@@ -20,13 +20,13 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "tests"))  # the toy project
 
 CHILD = """
 import json, sys, time
 t0 = time.perf_counter()
 from prefect import flow
-from flows.pipeline import experiment
+from labelbudget.orchestrate.flows import experiment
 t1 = time.perf_counter()
 flow(lambda: None, name="start-api")()  # the first flow run starts the temporary server (no PREFECT_API_URL)
 t2 = time.perf_counter()
@@ -74,7 +74,7 @@ def main() -> None:
                     f"{root}: `dvc status` is not clean; reproduce the pipeline first (this would run it)"
                 )
         else:
-            from flows.toy_project import create_toy_project
+            from toy_project import create_toy_project
 
             models = [chr(ord("a") + i) for i in range(args.models)]
             root = create_toy_project(

@@ -14,9 +14,15 @@ def main(argv: list[str] | None = None) -> int:
     )
     sub = parser.add_subparsers(dest="command", required=True)
     prof = sub.add_parser(
-        "profile", help="copy profiles/<name>.yaml onto params.yaml (smoke, default, gpu, paper)"
+        "profile",
+        help="compose conf/ with a profile (smoke, default, gpu, paper) into params.yaml; omit NAME to list them",
+        description="Compose conf/config.yaml with conf/profile/NAME.yaml (and --set overrides) into params.yaml, "
+        "as `dvc exp run -S profile=NAME -S KEY=VALUE` does. Refuses to discard direct edits of params.yaml "
+        "unless --force.",
     )
     prof.add_argument("name", nargs="?", help="profile to switch to; omit to list them")
+    _add_set_option(prof)
+    prof.add_argument("--force", action="store_true", help="discard direct edits of params.yaml")
     _add_run_parser(sub)
     sizes = sub.add_parser("sizes", help="parameter count and memory estimate of a profile's SSL model sizes")
     sizes.add_argument("--profile", help="a profile name (default: params.yaml as it is)")
@@ -28,25 +34,49 @@ def main(argv: list[str] | None = None) -> int:
         return _sizes(args.profile)
 
     if args.command == "profile":
-        from labelbudget.config import available_profiles, load_params, use_profile
-
-        if not args.name:
-            current = load_params().get("profile", "?")
-            for name in available_profiles():
-                print(("* " if name == current else "  ") + name)
-            return 0
-        try:
-            path = use_profile(args.name)
-        except ValueError as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 2
-        print(f"{path} now holds profile {args.name!r}; `dvc repro` re-runs what it changes")
+        return _profile(args)
     return 0
 
 
+def _profile(args: argparse.Namespace) -> int:
+    from labelbudget import profiles
+    from labelbudget.config import project_root
+
+    try:
+        root = project_root()
+        if not args.name and not args.overrides:
+            current, sets = profiles.current(root)
+            for name in profiles.available_profiles(root):
+                print(("* " if name == current else "  ") + name + (f"  (--set {' '.join(sets)})"
+                                                                    if name == current and sets else ""))
+            edits = profiles.unsaved_edits(root)
+            if edits:
+                print(f"params.yaml has direct edits: {', '.join(edits)}")
+            return 0
+        path = profiles.write_params(root, args.name, args.overrides, force=args.force)
+    except (FileNotFoundError, profiles.ProfileError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"{path} now holds profile {profiles.current(root)[0]!r}"
+          f"{' with ' + ' '.join(args.overrides) if args.overrides else ''}; `dvc repro` re-runs what it changes")
+    return 0
+
+
+def _add_set_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a Hydra override on top of the profile, exactly as `dvc exp run -S`: subsets.seeds=[0,1], "
+        "'~upstreams.large' (drop a key), +models.tiny={layers: 2, dim: 64} (add one). Repeatable",
+    )
+
+
 RUN_HELP = """\
-Run the experiment's DVC pipeline through the Prefect flow in flows/pipeline.py: stages in dependency order,
-independent ones side by side, stages DVC reports up to date skipped, failures retried; a failed data
+Run the experiment's DVC pipeline through a Prefect flow: every stage starts as soon as its inputs are ready
+(independent ones side by side), stages DVC reports up to date are skipped, failures retried; a failed data
 validation stops everything after it. Needs no set-up: without PREFECT_API_URL, Prefect starts a temporary
 local server (10-20 s). Outputs, dvc.lock and `dvc status` end up as after `dvc repro`.
 
@@ -54,6 +84,7 @@ examples:
   labelbudget run                                   # params.yaml as it is (the repo ships `default`)
   labelbudget run --profile smoke                   # the whole pipeline in a few minutes
   labelbudget run --set subsets.budgets_min=[2,6,20] --set subsets.seeds=[0]
+  labelbudget run --set ssl_sizes=[small] --set '~upstreams.large'   # one SSL size
   labelbudget run subsets                           # only the data stages up to `subsets`
   labelbudget run --remote s3://bucket/labelbudget  # share outputs between machines (DVC remote)
 """
@@ -69,18 +100,11 @@ def _add_run_parser(sub: argparse._SubParsersAction) -> None:
     run.add_argument("targets", nargs="*", metavar="STAGE", help="run only these stages and what they need")
     run.add_argument(
         "--profile",
-        help="copy profiles/PROFILE.yaml onto params.yaml first (smoke, default, ...); "
-        "default: keep params.yaml as it is",
+        help="compose conf/ with this profile into params.yaml first (smoke, default, gpu, paper); "
+        "default: params.yaml as it is, or the current profile when --set is given",
     )
-    run.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="write a param into params.yaml after the profile (dotted key, YAML value), e.g. "
-        "subsets.seeds=[0,1] or ssl_sizes=[small]; `upstreams` follows ssl_sizes unless set too. Repeatable",
-    )
+    _add_set_option(run)
+    run.add_argument("--force", action="store_true", help="let --profile/--set discard direct edits of params.yaml")
     run.add_argument("--concurrency", type=int, default=2, help="stages running at once (default: 2)")
     run.add_argument(
         "--task-runner",
@@ -101,10 +125,15 @@ def _add_run_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _sizes(profile: str | None) -> int:
-    from labelbudget.config import PROFILES_DIR, load_params, project_root
+    from labelbudget import profiles
+    from labelbudget.config import load_params, project_root
     from labelbudget.encoder import size_report
 
-    params = load_params(project_root() / PROFILES_DIR / f"{profile}.yaml" if profile else "params.yaml")
+    try:
+        params = profiles.compose(project_root(), profile) if profile else load_params()
+    except (FileNotFoundError, profiles.ProfileError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     random_sizes = [u["size"] for u in params.get("upstreams", {}).values() if u.get("kind") == "random"]
     names = [*params["ssl_sizes"], *random_sizes]
     print(f"profile {params.get('profile', '?')}: encoder sizes (instantiated on the meta device)")
@@ -113,18 +142,6 @@ def _sizes(profile: str | None) -> int:
         print(f"{r['size']:<10}{r['layers']:>7}{r['dim']:>7}{r['parameters']:>16,}"
               f"{r['train_state_gib']:>11.2f} GiB{r['bf16_weights_gib']:>11.2f} GiB")
     return 0
-
-
-def _parse_overrides(items: list[str]) -> dict:
-    import yaml
-
-    overrides = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise ValueError(f"--set takes KEY=VALUE, not {item!r}")
-        overrides[key.strip()] = yaml.safe_load(value)
-    return overrides
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -137,11 +154,14 @@ def _run(args: argparse.Namespace) -> int:
     except FileNotFoundError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    try:
-        overrides = _parse_overrides(args.overrides)
-    except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    if args.profile or args.overrides:  # composed before the flow starts: a bad override costs nothing
+        from labelbudget import profiles
+
+        try:
+            profiles.write_params(root, args.profile, args.overrides, force=args.force)
+        except profiles.ProfileError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
     # Quiet, self-contained Prefect unless the user configured it: state in the project, no telemetry, and
     # room for the first start of the temporary server (it migrates its database).
     os.environ.setdefault("PREFECT_HOME", str(root / ".prefect"))
@@ -149,13 +169,10 @@ def _run(args: argparse.Namespace) -> int:
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
-    sys.path.insert(0, str(root))  # flows/ lives in the project, beside the package
-    from flows.pipeline import experiment
+    from labelbudget.orchestrate.flows import experiment
 
     state = experiment(
         root=str(root),
-        profile=args.profile,
-        overrides=overrides or None,
         concurrency=args.concurrency,
         task_runner=args.task_runner,
         targets=args.targets or None,

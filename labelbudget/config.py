@@ -1,21 +1,19 @@
-"""Reading `params.yaml` and switching between the profiles kept in `profiles/`."""
+"""Reading `params.yaml` (composed from conf/ by labelbudget.profiles), finding the project, stage threads."""
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 PARAMS = "params.yaml"
-PROFILES_DIR = "profiles"
 
 
 def load_params(path: str | Path = PARAMS) -> dict[str, Any]:
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"{path}: no params file; run `labelbudget profile default` to create one")
+        raise FileNotFoundError(f"{path}: no params file; run `labelbudget profile default` to compose one from conf/")
     with open(path, encoding="utf-8") as f:
         return yaml.safe_load(f)
 
@@ -27,23 +25,6 @@ def project_root(start: Path | None = None) -> Path:
         if (d / "dvc.yaml").exists():
             return d
     raise FileNotFoundError(f"no dvc.yaml in {start} or above: run labelbudget inside the project")
-
-
-def available_profiles(root: Path | None = None) -> list[str]:
-    root = root or project_root()
-    return sorted(p.stem for p in (root / PROFILES_DIR).glob("*.yaml"))
-
-
-def use_profile(name: str, root: Path | None = None) -> Path:
-    """Copy `profiles/<name>.yaml` onto `params.yaml`: DVC tracks only params.yaml, so this re-runs exactly the
-    stages whose parameters differ."""
-    root = root or project_root()
-    src = root / PROFILES_DIR / f"{name}.yaml"
-    if not src.exists():
-        raise ValueError(f"unknown profile {name!r}; available: {', '.join(available_profiles(root))}")
-    dst = root / PARAMS
-    shutil.copyfile(src, dst)
-    return dst
 
 
 def configure_threads() -> int:

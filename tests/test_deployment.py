@@ -18,10 +18,7 @@ import httpx
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # flows/ sits beside the installed package
-    sys.path.insert(0, str(ROOT))
-
-from flows.toy_project import create_toy_project  # noqa: E402
+from toy_project import create_toy_project  # noqa: E402
 
 pytestmark = pytest.mark.slow
 PREFECT = [sys.executable, "-m", "prefect"]

@@ -16,6 +16,7 @@ from labelbudget import batching, upstreams
 from labelbudget.extraction import NonFiniteFeaturesError, extract_part, resolve_layers
 from labelbudget.featstore import FeatureStore
 from labelbudget.pretraining import pretrain
+from labelbudget.profiles import compose_plain
 from labelbudget.ssl import NonFiniteLossError
 from labelbudget.upstreams.ssl import CheckpointError
 
@@ -23,7 +24,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def params(**pretrain_overrides) -> dict:
-    p = yaml.safe_load((REPO / "profiles" / "smoke.yaml").read_text())
+    p = compose_plain(REPO, "smoke")
     p["wandb"]["mode"] = "disabled"
     p["pretrain"].update({"max_steps": 6, "checkpoint_every": 2, "warmup_steps": 2, "batch_seconds": 6},
                          **pretrain_overrides)

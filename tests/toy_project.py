@@ -1,4 +1,4 @@
-"""A throwaway DVC project with the experiment's DAG shape, for tests and the overhead benchmark.
+"""A throwaway DVC project with the experiment's DAG shape, for the flow tests and the overhead benchmark.
 
 corpus -> validate -> subsets -> finetune@model-budget -> evaluate@model-budget -> report, each stage a call
 of one stdlib-only script that sleeps a little, writes deterministic outputs and appends its start and end
@@ -135,10 +135,16 @@ def write_params(
 
     params = {
         # the experiment's keys, so that `sweep` and overrides work on the toy too
+        "profile": "default",
         "ssl_sizes": list(models),
         "subsets": {"budgets_min": list(budgets)},  # unpacked by DVC into `--budgets_min 1 2`
         "validate": {"fail": fail_validation},
     }
+    # conf/ as in the project (a base and one profile), params.yaml its composition
+    (root / "conf" / "profile").mkdir(parents=True, exist_ok=True)
+    base = {"defaults": ["_self_", {"profile": "default"}], **params}
+    (root / "conf" / "config.yaml").write_text(yaml.safe_dump(base, sort_keys=False))
+    (root / "conf" / "profile" / "default.yaml").write_text("# @package _global_\nprofile: default\n")
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
 

@@ -1,0 +1,186 @@
+"""Profiles as overlays, composed into params.yaml with DVC's own Hydra composition.
+
+`conf/config.yaml` is the base (the default experiment, documented key by key); `conf/profile/<name>.yaml`
+holds only what a profile changes. `compose` runs exactly what `dvc exp run -S profile=<name> -S key=value`
+runs (dvc.utils.hydra.compose_and_dump), so `labelbudget run --profile P --set key=value` and DVC's
+experiments write the same params.yaml. Each composition is `conf/` plus the overrides given, nothing else.
+
+params.yaml stays the one file DVC tracks. A user's direct edits to it are never discarded silently: before
+writing, `write_params` compares params.yaml with the composition it last wrote and refuses when they differ,
+naming the keys (pass them as `--set`, put them in conf/, or force).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+CONF_DIR = "conf"
+CONFIG_NAME = "config"
+PARAMS = "params.yaml"
+STATE = Path(".dvc") / "tmp" / "labelbudget-params.json"  # what the last composition was made of
+HEADER = ("# Composed from conf/ (profile {profile}{sets}) by `labelbudget profile` / `labelbudget run`.\n"
+          "# The keys are documented in conf/config.yaml. Edit conf/, or pass --set key=value; direct edits\n"
+          "# here are kept until the next composition, which refuses to discard them without --force.\n")
+
+
+class ProfileError(ValueError):
+    pass
+
+
+def available_profiles(root: Path) -> list[str]:
+    return sorted(p.stem for p in (root / CONF_DIR / "profile").glob("*.yaml"))
+
+
+def compose(root: Path, profile: str | None = None, overrides: list[str] | tuple[str, ...] = ()) -> dict:
+    """The params of `profile` (default: the base's default) with Hydra `overrides` (`key=value`,
+    `~key`, `+key=value`)."""
+    if profile is not None and profile not in available_profiles(root):
+        raise ProfileError(f"unknown profile {profile!r}; available: {', '.join(available_profiles(root))}")
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / PARAMS
+        _compose_to(root, out, [*([f"profile={profile}"] if profile else []), *overrides])
+        params = yaml.safe_load(out.read_text())
+    check(params)
+    return params
+
+
+def _compose_to(root: Path, out: Path, overrides: list[str]) -> None:
+    from dvc.utils.hydra import compose_and_dump
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        compose_and_dump(out, str((root / CONF_DIR).resolve()), None, CONFIG_NAME, str(root), overrides)
+    except (HydraException, OmegaConfBaseException) as e:
+        first = str(e).strip().splitlines()[0]
+        raise ProfileError(f"cannot compose params from {root / CONF_DIR} with {overrides}: {first}") from None
+    finally:
+        from hydra.core.global_hydra import GlobalHydra
+
+        GlobalHydra.instance().clear()
+
+
+def check(params: dict) -> None:
+    """Cross-key rules that a composition can break (e.g. `ssl_sizes=[small]` leaving an `ssl` upstream of a
+    size that is no longer pre-trained)."""
+    sizes = params.get("ssl_sizes") or []
+    for name, spec in (params.get("upstreams") or {}).items():
+        kind = spec.get("kind") if isinstance(spec, dict) else None
+        if kind == "ssl" and spec.get("size", name) not in sizes:
+            raise ProfileError(f"upstreams.{name} is an ssl upstream of size {spec.get('size', name)!r}, which "
+                               f"ssl_sizes {sizes} does not pre-train; drop it (--set '~upstreams.{name}') or "
+                               "add the size to ssl_sizes")
+        if kind == "ssl" and spec.get("size", name) not in (params.get("models") or {}):
+            raise ProfileError(f"upstreams.{name}: size {spec.get('size', name)!r} has no shape in params `models`")
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest() if path.exists() else ""
+
+
+def _state(root: Path) -> dict:
+    path = root / STATE
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def current(root: Path) -> tuple[str, list[str]]:
+    """The profile and overrides params.yaml was last composed from (the profile it names, if no record)."""
+    state = _state(root)
+    if state:
+        return state["profile"], list(state["overrides"])
+    params = yaml.safe_load((root / PARAMS).read_text()) if (root / PARAMS).exists() else {}
+    return (params or {}).get("profile", "default"), []
+
+
+def diff(a: Any, b: Any, prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two params trees."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        return [k for key in dict.fromkeys([*a, *b])
+                for k in diff(a.get(key), b.get(key), f"{prefix}{key}.")]
+    return [] if a == b else [prefix.rstrip(".")]
+
+
+def unsaved_edits(root: Path) -> list[str]:
+    """Keys of params.yaml that differ from the composition it was last written from."""
+    path = root / PARAMS
+    if not path.exists():
+        return []
+    state = _state(root)
+    if state and state.get("sha256") == _sha256(path):
+        return []
+    profile, overrides = current(root)
+    try:
+        expected = compose(root, profile, overrides)
+    except ProfileError:
+        expected = {}
+    return diff(yaml.safe_load(path.read_text()) or {}, expected)
+
+
+def write_params(root: Path, profile: str | None = None, overrides: list[str] | tuple[str, ...] = (),
+                 force: bool = False) -> Path:
+    """Compose `profile` (default: the current one) with `overrides` into params.yaml, atomically; refuse to
+    overwrite direct edits of params.yaml unless `force`."""
+    profile = profile or current(root)[0]
+    composed = compose(root, profile, overrides)  # a bad profile or override fails here, params.yaml untouched
+    edits = [] if force else unsaved_edits(root)
+    if edits:
+        shown = ", ".join(edits[:8]) + (" ..." if len(edits) > 8 else "")
+        raise ProfileError(f"{root / PARAMS} has edits that conf/ does not hold ({shown}); pass them with "
+                           "--set key=value, put them in conf/, or add --force to discard them")
+    path = root / PARAMS
+    sets = f"; --set {' '.join(overrides)}" if overrides else ""
+    fd, tmp = tempfile.mkstemp(dir=root, prefix=".params.", suffix=".yaml")
+    os.close(fd)
+    try:
+        _compose_to(root, Path(tmp), [f"profile={profile}", *overrides])
+        body = Path(tmp).read_text()
+        Path(tmp).write_text(HEADER.format(profile=profile, sets=sets) + body)
+        assert yaml.safe_load(Path(tmp).read_text()) == composed
+        os.replace(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+    state = root / STATE
+    state.parent.mkdir(parents=True, exist_ok=True)
+    state.write_text(json.dumps({"profile": profile, "overrides": list(overrides), "sha256": _sha256(path)}))
+    return path
+
+
+def value(v: Any) -> str:
+    """A params value in Hydra's override grammar (lists and mappings in flow style)."""
+    return yaml.safe_dump(v, default_flow_style=True, width=10**6).strip().removesuffix("...").strip()
+
+
+def size_overrides(params: dict, sizes: list[str]) -> list[str]:
+    """Overrides that pre-train exactly `sizes` and keep one `ssl` upstream per size (added or dropped)."""
+    out = [f"ssl_sizes={value(list(sizes))}"]
+    if "upstreams" not in params:
+        return out
+    ups = params["upstreams"] or {}
+    out += [f"~upstreams.{n}" for n, s in ups.items() if s.get("kind") == "ssl" and s.get("size", n) not in sizes]
+    out += [f"+upstreams.{n}={value({'kind': 'ssl', 'source': f'models/pretrain/{n}/model.pt'})}"
+            for n in sizes if n not in ups]
+    return out
+
+
+def deep_merge(base: dict, overlay: dict) -> dict:
+    """`overlay` over `base`: mappings merge key by key, anything else (lists included) is replaced."""
+    out = dict(base)
+    for k, v in overlay.items():
+        out[k] = deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def compose_plain(root: Path, profile: str) -> dict:
+    """The same composition without DVC or Hydra installed (the lent GPU hosts): base, then the overlay.
+    A test checks that it equals `compose` for every profile."""
+    base = yaml.safe_load((root / CONF_DIR / f"{CONFIG_NAME}.yaml").read_text())
+    base.pop("defaults", None)
+    overlay = yaml.safe_load((root / CONF_DIR / "profile" / f"{profile}.yaml").read_text()) or {}
+    return deep_merge(base, overlay)
