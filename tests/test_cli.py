@@ -95,3 +95,24 @@ def test_paper_profile_instantiates_half_billion_and_two_billion_parameter_model
     out = capsys.readouterr().out
     counts = [int(line.split()[3].replace(",", "")) for line in out.splitlines() if line.startswith(("small", "large"))]
     assert 0.4e9 < counts[0] < 0.6e9 and 1.8e9 < counts[1] < 2.2e9
+
+
+@pytest.mark.slow
+def test_labelbudget_set_writes_what_dvc_exp_run_set_writes(tmp_path):
+    import subprocess
+    import sys
+
+    shutil.copytree(REPO / "conf", tmp_path / "conf")
+    shutil.copytree(REPO / ".dvc", tmp_path / ".dvc", ignore=shutil.ignore_patterns("tmp", "cache", "*.local"))
+    shutil.copy(REPO / "params.yaml", tmp_path / "params.yaml")
+    (tmp_path / "dvc.yaml").write_text("stages:\n  hi:\n    cmd: echo hi\n    params:\n      - finetune.lr\n")
+    git = ["git", "-c", "user.email=t@t", "-c", "user.name=t"]
+    subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True)
+    subprocess.run([*git, "add", "-A"], cwd=tmp_path, check=True)
+    subprocess.run([*git, "commit", "-qm", "init"], cwd=tmp_path, check=True)
+    sets = ["profile=smoke", "finetune.lr=0.02", "~upstreams.random"]
+    subprocess.run([sys.executable, "-m", "dvc", "exp", "run", *(a for s in sets for a in ("-S", s))],
+                   cwd=tmp_path, check=True, capture_output=True)
+    by_dvc = yaml.safe_load((tmp_path / "params.yaml").read_text())
+    assert by_dvc == profiles.compose(REPO, "smoke", sets[1:])
+    assert by_dvc["finetune"]["lr"] == 0.02 and "random" not in by_dvc["upstreams"]

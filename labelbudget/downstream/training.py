@@ -1,0 +1,198 @@
+"""Training the downstream model: warm-up then a constant rate with newbob decay, dev-CER early stopping that
+counts only after the all-blank phase, the best dev-CER weights kept; what a run did (TrainResult)."""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from dataclasses import dataclass
+
+import torch
+
+from labelbudget.downstream.config import DownstreamConfig, DownstreamInputError
+from labelbudget.downstream.data import BlockBatches, BucketBatchSampler, FeatureDataset, collate, feature_stats
+from labelbudget.downstream.model import DownstreamModel, ctc_loss, transcribe
+
+
+def training_device(accelerator: str) -> torch.device:
+    gpu = accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
+    return torch.device("cuda" if gpu else "cpu")
+
+
+class BlankAwareStopping:
+    """Early stopping on dev CER whose patience counts only once the model has left the all-blank phase (its
+    dev output reaches `blank_exit` of the reference characters); before that dev CER sits at 1.0 while the
+    model is still learning, and a plain patience would stop it there."""
+
+    def __init__(self, patience: int, blank_exit: float, min_delta: float = 0.0):
+        self.patience, self.blank_exit, self.min_delta = patience, blank_exit, min_delta
+        self.best = math.inf
+        self.best_step = 0
+        self.left_blank_step: int | None = None
+        self.bad = 0
+
+    def update(self, step: int, cer: float, output_share: float) -> tuple[bool, bool]:
+        """Record one dev evaluation; returns (improved, stop)."""
+        # Output alone is not enough: an untrained model emits random characters before it learns blanks.
+        if self.left_blank_step is None and output_share >= self.blank_exit and cer < 1.0:
+            self.left_blank_step = step
+        improved = cer < self.best - self.min_delta
+        if improved:
+            self.best, self.best_step, self.bad = cer, step, 0
+        elif self.left_blank_step is not None:
+            self.bad += 1
+        return improved, self.bad >= self.patience
+
+
+@dataclass
+class TrainResult:
+    model: DownstreamModel
+    steps: int
+    max_steps: int
+    best_step: int
+    best_dev_cer: float
+    left_blank_step: int | None
+    stopped_early: bool  # by patience: converged
+    seconds: float
+    seconds_per_step: float
+    history: list[dict]
+    layer_weights: list[float]
+    non_finite_loss: bool = False
+
+    @property
+    def degenerate(self) -> bool:
+        """Never left the all-blank phase, or the loss went NaN: its scores say nothing about its upstream."""
+        return self.left_blank_step is None or self.non_finite_loss
+
+    @property
+    def stop_reason(self) -> str:
+        return "patience" if self.stopped_early else "max_steps"
+
+
+def train(cfg: DownstreamConfig, train_set: FeatureDataset, dev_set: FeatureDataset,
+          dev_texts: dict[str, str], seed: int, logger=None,
+          verbose: bool = True) -> TrainResult:
+    """Train one downstream model; returns it with its best dev-CER weights loaded."""
+    import logging
+    import warnings
+
+    import lightning.pytorch as pl
+
+    from labelbudget.metrics import total, utterance_counts
+
+    # Lightning's banner lines (GPU/TPU available, tips) would be repeated in every one of dozens of runs.
+    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", message=".*LeafSpec.*")
+    warnings.filterwarnings("ignore", message=".*training_step. returned .None.*")  # our non-finite guard
+
+    if len(train_set) == 0:
+        raise DownstreamInputError("empty training set")
+    if cfg.num_threads > 0:
+        torch.set_num_threads(cfg.num_threads)
+    pl.seed_everything(seed, workers=True, verbose=False)
+    store = train_set.store
+    model = DownstreamModel(cfg, num_layers=train_set[0]["feats"].shape[1], dim=store.dim,
+                            input_rate=float(store.meta["frame_rate"]))
+    model.set_stats(*feature_stats(train_set, cfg.cmvn_utterances))
+    cap = cfg.max_steps
+    dev_ids = dev_set.ids
+    dev_refs = [dev_texts[i] for i in dev_ids]
+    dev_ref_chars = sum(len(r) for r in dev_refs)
+
+    class LitDownstream(pl.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.model = model
+
+        def training_step(self, batch: dict, _: int) -> torch.Tensor | None:
+            log_probs, lens = self.model(batch["feats"], batch["lengths"])
+            loss = ctc_loss(log_probs, lens, batch["targets"], batch["target_lengths"])
+            if not torch.isfinite(loss):  # stop: a NaN step would destroy the weights
+                dev_cb.non_finite = True
+                self.trainer.should_stop = True
+                return None
+            self.log("train/loss", loss, batch_size=len(batch["ids"]))
+            return loss
+
+        def configure_optimizers(self):
+            opt = torch.optim.AdamW(self.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+            def schedule(step: int) -> float:  # warm-up, then constant until dev CER stalls (see DevCER)
+                return min(1.0, (step + 1) / max(1, cfg.warmup_steps)) * dev_cb.lr_scale
+
+            sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
+            return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    class DevCER(pl.Callback):
+        """Dev CER every `eval_every` steps, best weights, early stopping after the all-blank phase."""
+
+        def __init__(self):
+            self.stopper = BlankAwareStopping(cfg.patience, cfg.blank_exit, cfg.min_delta)
+            self.best_state: dict | None = None
+            self.stopped_early = False
+            self.non_finite = False
+            self.lr_scale = 1.0
+            self.history: list[dict] = []
+
+        def evaluate(self, trainer, lit) -> None:
+            step = trainer.global_step
+            hyps = transcribe(lit.model, dev_set)
+            hyp_list = [hyps[i] for i in dev_ids]
+            c = total(utterance_counts(dev_refs, hyp_list))
+            cer = c.char_errors / max(1, c.chars)
+            wer = c.word_errors / max(1, c.words)
+            out_share = sum(len(h) for h in hyp_list) / max(1, dev_ref_chars)
+            improved, stop = self.stopper.update(step, cer, out_share)
+            if not improved and self.stopper.left_blank_step is not None:
+                self.lr_scale *= cfg.lr_decay
+            if improved:
+                self.best_state = copy.deepcopy(lit.model.state_dict())
+            weights = lit.model.layer_weights().detach().tolist()
+            loss = trainer.callback_metrics.get("train/loss")
+            row = {"step": step, "dev_cer": cer, "dev_wer": wer, "dev_output_share": out_share,
+                   "lr_scale": self.lr_scale,
+                   "train_loss": float(loss) if loss is not None else None}
+            self.history.append(row)
+            if trainer.logger is not None:
+                logged = {"dev/cer": cer, "dev/wer": wer, "dev/output_share": out_share,
+                          **{f"layer_weight/{k}": w for k, w in enumerate(weights)}}
+                trainer.logger.log_metrics(logged, step=step)
+            if verbose:
+                print(f"step {step:5d}  loss {row['train_loss'] or float('nan'):7.3f}  dev CER {cer:.3f}  "
+                      f"WER {wer:.3f}  output {out_share:.2f}" + ("  *" if improved else ""), flush=True)
+            if stop:
+                self.stopped_early = True
+                trainer.should_stop = True
+
+        def on_train_batch_end(self, trainer, lit, *_) -> None:
+            step = trainer.global_step
+            if step % cfg.eval_every == 0 or step >= cap:
+                self.evaluate(trainer, lit)
+
+    dev_cb = DevCER()
+    sampler = BucketBatchSampler(train_set.lengths, cfg.batch_size, seed)
+    if train_set._block is not None:
+        loader = BlockBatches(train_set, sampler, training_device(cfg.accelerator))
+    else:
+        loader = torch.utils.data.DataLoader(train_set, batch_sampler=sampler, collate_fn=collate)
+    trainer = pl.Trainer(
+        accelerator=cfg.accelerator, devices=1, max_steps=cap, max_epochs=-1, logger=logger or False,
+        callbacks=[dev_cb], enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+        num_sanity_val_steps=0, limit_val_batches=0, gradient_clip_val=cfg.grad_clip,
+        log_every_n_steps=max(1, min(10, len(sampler))))
+    lit = LitDownstream()
+    start = time.time()
+    trainer.fit(lit, loader)
+    seconds = time.time() - start
+    model = lit.model.cpu()
+    if dev_cb.best_state is not None:
+        model.load_state_dict(dev_cb.best_state)
+    model.eval()
+    steps = trainer.global_step
+    stopper = dev_cb.stopper
+    return TrainResult(model=model, steps=steps, max_steps=cap, best_step=stopper.best_step,
+                       best_dev_cer=stopper.best, left_blank_step=stopper.left_blank_step,
+                       stopped_early=dev_cb.stopped_early, seconds=seconds,
+                       seconds_per_step=seconds / max(1, steps), history=dev_cb.history,
+                       layer_weights=model.layer_weights().detach().tolist(), non_finite_loss=dev_cb.non_finite)

@@ -1,0 +1,88 @@
+"""The report from end to end: evaluations -> table, findings, match -> files, figures and a W&B summary run."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+from labelbudget import metrics as M
+from labelbudget.io import read_json
+from labelbudget.report.aggregate import (
+    ReportConfig,
+    aggregate,
+    hours_to_match,
+    judged_metric,
+    load_runs,
+)
+from labelbudget.report.findings import findings, upstream_health
+from labelbudget.report.plots import plot_pretraining
+from labelbudget.report.render import write_report
+from labelbudget.runs import budget_name
+
+
+def build(eval_dir: str | Path, cfg: ReportConfig, pretraining: Mapping[str, dict] | None = None) -> dict:
+    """Everything the report writes, as one dict (numbers only; files are written by `write_report`).
+    `pretraining`: size -> pretraining metrics; when given, a missing or non-finite one invalidates findings."""
+    runs = load_runs(eval_dir, cfg)
+    agg = aggregate(runs, cfg)
+    reps = agg.pop("replicates")
+    health = upstream_health(runs, cfg, pretraining)
+    table = agg["table"]
+    largest = budget_name(max(cfg.budgets_min))
+    metric, why = judged_metric(table, largest, cfg.wer_threshold)
+    match = None
+    if cfg.smaller in table and cfg.larger in table:
+        hrs = [b / 60 for b in cfg.budgets_min]
+        target = table[cfg.smaller][largest]["weighted"][metric]
+        curve = [table[cfg.larger][budget_name(b)]["weighted"][metric] for b in cfg.budgets_min]
+        match = {**hours_to_match(hrs, curve, target), "target": target, "metric": metric,
+                 "largest_hours": max(hrs)}
+        match["ratio"] = max(hrs) / match["hours"] if match["hours"] else None
+    total = sum(h["runs"] for h in health.values())
+    converged = sum(h["converged"] for h in health.values())
+    return {"judged_on": metric, "judged_why": why, "largest_budget": largest, **agg,
+            "findings": findings(table, reps, cfg, metric, health), "match": match, "health": health,
+            "converged": {"runs": total, "converged": converged,
+                          "valid": total > 0 and converged >= cfg.min_converged * total},
+            "pretraining": dict(pretraining or {}), "weights_source": M.weights_description(cfg.weights)}
+
+
+def make_report(params: dict, eval_dir: Path, pretrain_dir: Path, out: Path) -> dict:
+    """Aggregate every evaluation under `eval_dir` into the report under `out` (see the stage's docstring),
+    with the pretraining diagnostics of `pretrain_dir/<size>/`; log it to a W&B run when params has `wandb`."""
+    from labelbudget import tracking
+
+    cfg = ReportConfig.from_params(params)
+    # Pretraining diagnostics (loss, masked accuracy, target usage) sit beside the findings they explain, and
+    # a size whose pretraining is missing or non-finite makes every finding about it invalid.
+    pretraining = {s: read_json(pretrain_dir / s / "metrics.json") for s in params.get("ssl_sizes", [])
+                   if (pretrain_dir / s / "metrics.json").exists()}
+    result = build(eval_dir, cfg, pretraining)
+    paths = write_report(result, cfg, out)
+    histories = {s: pretrain_dir / s / "history.csv" for s in result["pretraining"]
+                 if (pretrain_dir / s / "history.csv").exists()}
+    if plot_pretraining(histories, out / "figures" / "pretraining.png"):
+        paths["pretraining"] = out / "figures" / "pretraining.png"
+    for k, f in result["findings"].items():
+        print(f"{k}: {f['verdict']} - {f['detail']}")
+    print(f"judged on weighted {result['judged_on'].upper()}; report in {paths['results']}")
+
+    if "wandb" in params:
+        import pandas as pd
+
+        import wandb
+
+        run = tracking.init_run(params["wandb"], job_type="report", name="report",
+                                config={"upstreams": cfg.upstreams, "budgets_min": cfg.budgets_min,
+                                        "seeds": cfg.seeds, "judged_on": result["judged_on"]})
+        try:
+            run.log({"sample_efficiency": wandb.Table(dataframe=pd.read_csv(paths["curve_csv"])),
+                     "per_test_set": wandb.Table(dataframe=pd.read_csv(paths["per_test_csv"])),
+                     **{f"figures/{p.stem}": wandb.Image(str(p)) for p in paths.values() if p.suffix == ".png"}})
+            tracking.set_summary(run, {f"finding/{k}": f["verdict"] for k, f in result["findings"].items()})
+            if result["match"]:
+                tracking.set_summary(run, {"match_hours": result["match"]["hours"],
+                                           "match_ratio": result["match"]["ratio"]})
+        finally:
+            tracking.finish(run)
+    return result

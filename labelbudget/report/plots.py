@@ -1,0 +1,102 @@
+"""The report's figures: error against labeled hours per upstream, per test set, and pretraining curves."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from pathlib import Path
+
+from labelbudget.report.aggregate import ReportConfig
+from labelbudget.runs import budget_name
+
+
+def plot_curves(result: dict, cfg: ReportConfig, metric: str, path: str | Path) -> None:
+    """Weighted error against labeled hours (log x), one line per upstream, bootstrap band, seed spread."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    hours = [b / 60 for b in cfg.budgets_min]
+    for u in cfg.upstreams:
+        ws = [result["table"][u][budget_name(b)]["weighted"] for b in cfg.budgets_min]
+        mean = [w[metric] for w in ws]
+        line, = ax.plot(hours, mean, marker="o", label=u)
+        ax.fill_between(hours, [w[f"{metric}_ci"][0] for w in ws], [w[f"{metric}_ci"][1] for w in ws],
+                        color=line.get_color(), alpha=0.18, linewidth=0)
+        ax.errorbar(hours, mean, yerr=[w[f"{metric}_std"] for w in ws], fmt="none", ecolor=line.get_color(),
+                    capsize=3, linewidth=1)
+    ax.set_xscale("log")
+    ax.set_xlabel("labeled hours (log scale)")
+    ax.set_ylabel(f"weighted {metric.upper()}")
+    ax.set_title(f"Weighted {metric.upper()} vs labeled hours (band: 95% bootstrap CI, bars: seed std)")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(title="upstream")
+    _save(fig, path)
+
+
+def plot_per_test(result: dict, cfg: ReportConfig, metric: str, path: str | Path) -> None:
+    """One panel per test set: error against labeled hours per upstream."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tests = result["test_sets"]
+    cols = min(3, len(tests))
+    rows = math.ceil(len(tests) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.2 * rows), squeeze=False, sharey=True)
+    hours = [b / 60 for b in cfg.budgets_min]
+    for ax, t in zip(axes.flat, tests, strict=False):
+        for u in cfg.upstreams:
+            ax.plot(hours, [result["table"][u][budget_name(b)]["tests"][t][metric] for b in cfg.budgets_min],
+                    marker="o", label=u)
+        ax.set_xscale("log")
+        ax.set_title(t)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.set_xlabel("labeled hours")
+    for ax in axes.flat[len(tests):]:
+        ax.axis("off")
+    axes[0][0].set_ylabel(metric.upper())
+    axes[0][0].legend(fontsize=8)
+    fig.suptitle(f"{metric.upper()} per test set vs labeled hours (mean over seeds)")
+    _save(fig, path)
+
+
+def _save(fig, path: str | Path) -> None:
+    import matplotlib.pyplot as plt
+
+    from labelbudget.io import atomic_path
+
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=120)
+    plt.close(fig)
+
+
+def plot_pretraining(histories: Mapping[str, Path], path: str | Path) -> bool:
+    """Loss, masked accuracy and target usage against updates, one line per SSL size (Lightning CSV logs)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import pandas as pd
+
+    panels = [("train/loss", "loss"), ("train/masked_acc", "masked accuracy"), ("train/target_usage", "target usage")]
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    drawn = False
+    for size, csv in histories.items():
+        df = pd.read_csv(csv)
+        for ax, (col, title) in zip(axes, panels, strict=True):
+            if col in df:
+                d = df[["step", col]].dropna()
+                ax.plot(d["step"], d[col], label=size)
+                ax.set_title(title)
+                ax.set_xlabel("update")
+                drawn = True
+    if drawn:
+        axes[0].legend()
+        _save(fig, path)
+    plt.close(fig)
+    return drawn

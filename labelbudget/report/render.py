@@ -1,0 +1,179 @@
+"""The report's files: metrics.json (DVC metrics), runs.json, sample_efficiency.csv (DVC plots),
+per_test_set.csv and results.md."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from labelbudget.report.aggregate import METRICS, ReportConfig
+from labelbudget.report.plots import plot_curves, plot_per_test
+from labelbudget.runs import budget_name
+
+
+def curve_rows(result: dict, cfg: ReportConfig) -> list[dict]:
+    """Long table for DVC plots: one row per (upstream, budget)."""
+    m = result["judged_on"]
+    rows = []
+    for u in cfg.upstreams:
+        for b in cfg.budgets_min:
+            e = result["table"][u][budget_name(b)]
+            w = e["weighted"]
+            rows.append({"upstream": u, "budget_minutes": b, "hours": round(b / 60, 6), "metric": m,
+                         "weighted_error": w[m], "weighted_error_std": w[f"{m}_std"],
+                         "ci_low": w[f"{m}_ci"][0], "ci_high": w[f"{m}_ci"][1],
+                         "rel_degradation": w[f"{m}_rel_degradation"],
+                         "weighted_wer": w["wer"], "weighted_wer_std": w["wer_std"],
+                         "weighted_cer": w["cer"], "weighted_cer_std": w["cer_std"], "seeds": e["seeds"]})
+    return rows
+
+
+def per_test_rows(result: dict, cfg: ReportConfig) -> list[dict]:
+    rows = []
+    for u in cfg.upstreams:
+        for b in cfg.budgets_min:
+            for t, v in result["table"][u][budget_name(b)]["tests"].items():
+                rows.append({"upstream": u, "budget_minutes": b, "hours": round(b / 60, 6), "test_set": t,
+                             **v})
+    return rows
+
+
+def metrics_summary(result: dict) -> dict:
+    """The DVC metrics file: seed means per upstream and budget, findings, the matching hours."""
+    out: dict[str, Any] = {"judged_on": result["judged_on"], "weights": result["weights_source"],
+                           "findings": {k: v["verdict"] for k, v in result["findings"].items()},
+                           "converged_runs": result["converged"]}
+    out["weighted"] = {u: {b: {k: round(v, 4) for k, v in e["weighted"].items() if isinstance(v, float)}
+                           for b, e in by_b.items()} for u, by_b in result["table"].items()}
+    out["tests"] = {u: {b: {t: {m: round(v[m], 4) for m in METRICS} for t, v in e["tests"].items()}
+                        for b, e in by_b.items()} for u, by_b in result["table"].items()}
+    if result["match"]:
+        out["match_hours"] = result["match"]["hours"]
+        out["match_ratio"] = result["match"]["ratio"]
+    return out
+
+
+def _fmt(v: float | None, pct: bool = False) -> str:
+    if v is None or (isinstance(v, float) and not math.isfinite(v)):
+        return "n/a"
+    return f"{v:+.1%}" if pct else f"{v:.3f}"
+
+
+def results_markdown(result: dict, cfg: ReportConfig, figures: Sequence[str]) -> str:
+    m = result["judged_on"]
+    budgets = [budget_name(b) for b in cfg.budgets_min]
+    head = "| upstream | " + " | ".join(f"{b} min ({float(b) / 60:.3g} h)" for b in budgets) + " |"
+    sep = "|---" * (len(budgets) + 1) + "|"
+    lines = ["# Sample efficiency: error rate against labeled hours", "",
+             f"Upstreams: {', '.join(cfg.upstreams)}; budgets: {', '.join(budgets)} min; seeds: {cfg.seeds}; "
+             f"test sets: {', '.join(result['test_sets'])}.",
+             f"Weighted error = sum over test sets of w_i x error_i, weights: {result['weights_source']} "
+             f"({', '.join(f'{t} {w:.3f}' for t, w in result['weights'].items())}).",
+             f"**Findings judged on weighted {m.upper()}**: {result['judged_why']}.", ""]
+    for metric in METRICS:
+        lines += [f"## Weighted {metric.upper()} (mean ± std over seeds; [95% bootstrap interval of the "
+                  "mean])", "", head, sep]
+        for u in cfg.upstreams:
+            cells = []
+            for b in budgets:
+                w = result["table"][u][b]["weighted"]
+                cells.append(f"{w[metric]:.3f} ± {w[f'{metric}_std']:.3f} "
+                             f"[{w[f'{metric}_ci'][0]:.3f}, {w[f'{metric}_ci'][1]:.3f}]")
+            lines.append(f"| {u} | " + " | ".join(cells) + " |")
+        lines.append("")
+    lines += [f"## Relative degradation of weighted {m.upper()} against the largest budget", "", head, sep]
+    for u in cfg.upstreams:
+        cells = (_fmt(result["table"][u][b]["weighted"][f"{m}_rel_degradation"], pct=True) for b in budgets)
+        lines.append(f"| {u} | " + " | ".join(cells) + " |")
+    conv = result["converged"]
+    lines += ["", "## Findings", "",
+              f"Verdicts: **holds** only when the {cfg.ci:.0%} paired bootstrap interval (utterances and seeds) "
+              "of every difference the claim makes lies on its side; **inconclusive** when one straddles zero; "
+              "**invalid** when an upstream involved is unsound (degenerate, not converged, pretraining "
+              "non-finite or missing).",
+              f"Downstream convergence: {conv['converged']}/{conv['runs']} finetunes stopped by patience "
+              f"(not by the step maximum): the comparison is "
+              + ("**valid**." if conv["valid"] else f"**not valid** (needs >= {cfg.min_converged:.0%})."), ""]
+    for k in ("F0", "F1", "F2", "F3"):
+        f = result["findings"][k]
+        verdict = f["verdict"] if f["verdict"] == "not evaluated" else f"**{f['verdict']}**"
+        lines.append(f"- **{k}** ({f['claim']}): {verdict}. {f['detail']}.")
+        if f.get("numbers") and k in ("F0", "F1"):
+            lines.append("  " + "; ".join(f"{b} min: " + ", ".join(f"{u} {v:.3f}" for u, v in nums.items())
+                                           for b, nums in f["numbers"].items()))
+    match = result["match"]
+    if match:
+        if match["ratio"]:
+            at_least = "at least " if match["kind"] == "at_most" else ""
+            reach = f"reaches it at {match['text']}: {at_least}{match['ratio']:.3g}x less labeled data."
+        else:
+            reach = "does not reach it within the budgets (no extrapolation)."
+        lines += ["", "## Label hours the larger model needs to match the smaller one", "",
+                  f"`{cfg.smaller}` at the largest budget ({match['largest_hours']:.3g} h): weighted "
+                  f"{m.upper()} {match['target']:.3f}. `{cfg.larger}` {reach}"]
+    lines += ["", f"## {m.upper()} per test set (mean over seeds)", "",
+              "| upstream | budget (min) | " + " | ".join(result["test_sets"]) + " |",
+              "|---|---" + "|---" * len(result["test_sets"]) + "|"]
+    for u in cfg.upstreams:
+        for b in budgets:
+            tests = result["table"][u][b]["tests"]
+            cells = (f"{tests[t][m]:.3f}" for t in result["test_sets"])
+            lines.append(f"| {u} | {b} | " + " | ".join(cells) + " |")
+    lines += ["", "## Upstream soundness", "", "| upstream | finetunes | converged (patience) | degenerate "
+              "| problems |", "|---|---|---|---|---|"]
+    for u, h in result["health"].items():
+        lines.append(f"| {u} | {h['runs']} | {h['converged']} | {len(h['degenerate'])} "
+                     f"| {'; '.join(h['problems']) or 'none'} |")
+    lines += ["", "## Training diagnostics (mean over seeds)", "",
+              "| upstream | budget (min) | steps | stopped by patience | stopped at max_steps | degenerate "
+              "| best dev CER | layer weights |", "|---|---|---|---|---|---|---|---|"]
+    for u in cfg.upstreams:
+        for b in budgets:
+            tr = result["table"][u][b].get("training", {})
+            lw = tr.get("layer_weights")
+            weights = ", ".join(f"{w:.2f}" for w in lw) if lw else "n/a"
+            steps = f"{tr['steps']:.0f}" if "steps" in tr else "n/a"
+            lines.append(f"| {u} | {b} | {steps} | {tr.get('stopped_early', 'n/a')} "
+                         f"| {tr.get('stopped_at_max', 'n/a')} | {tr.get('degenerate', 0)} "
+                         f"| {_fmt(tr.get('best_dev_cer'))} "
+                         f"| {weights} |")
+    if result.get("pretraining"):
+        lines += ["", "## SSL pretraining (evidence for the premise F0)", "",
+                  "| size | parameters | updates | wall (s) | final loss | masked accuracy | target usage "
+                  "| target perplexity |", "|---|---|---|---|---|---|---|---|"]
+        for size, pm in result["pretraining"].items():
+            lines.append(f"| {size} | {pm.get('parameters', 0) / 1e6:.1f}M | {pm.get('steps', 'n/a')} "
+                         f"| {pm.get('wall_seconds', 'n/a')} | {_fmt(pm.get('train/loss'))} "
+                         f"| {_fmt(pm.get('train/masked_acc'))} | {_fmt(pm.get('train/target_usage'))} "
+                         f"| {pm.get('train/target_ppl', float('nan')):.0f} |")
+    lines += ["", "## Figures", ""] + [f"- [{Path(f).name}]({f})" for f in figures] + [""]
+    return "\n".join(lines)
+
+
+def write_report(result: dict, cfg: ReportConfig, out_dir: str | Path) -> dict[str, Path]:
+    """reports/metrics.json, runs.json, results.md, sample_efficiency.csv, per_test_set.csv, figures/*.png."""
+    import pandas as pd
+
+    from labelbudget.io import write_json, write_text
+
+    out = Path(out_dir)
+    figs = out / "figures"
+    paths = {f"curve_{m}": figs / f"sample_efficiency_{m}.png" for m in METRICS}
+    paths["per_test"] = figs / f"per_test_set_{result['judged_on']}.png"
+    for m in METRICS:
+        plot_curves(result, cfg, m, paths[f"curve_{m}"])
+    plot_per_test(result, cfg, result["judged_on"], paths["per_test"])
+    paths["metrics"] = out / "metrics.json"
+    write_json(paths["metrics"], metrics_summary(result))
+    paths["runs"] = out / "runs.json"
+    write_json(paths["runs"], result["runs"])
+    paths["curve_csv"] = out / "sample_efficiency.csv"
+    write_text(paths["curve_csv"], pd.DataFrame(curve_rows(result, cfg)).to_csv(index=False))
+    paths["per_test_csv"] = out / "per_test_set.csv"
+    write_text(paths["per_test_csv"], pd.DataFrame(per_test_rows(result, cfg)).to_csv(index=False))
+    paths["results"] = out / "results.md"
+    rel = [str(p.relative_to(out)) for p in paths.values() if p.suffix == ".png"]
+    write_text(paths["results"], results_markdown(result, cfg, rel))
+    return paths
