@@ -1,9 +1,10 @@
-"""`labelbudget` command line: switch profiles, run the experiment, inspect model sizes."""
+"""`labelbudget` command line: compose profiles, run the experiment, inspect model sizes, transcribe audio."""
 
 from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -26,8 +27,11 @@ def main(argv: list[str] | None = None) -> int:
     _add_run_parser(sub)
     sizes = sub.add_parser("sizes", help="parameter count and memory estimate of a profile's SSL model sizes")
     sizes.add_argument("--profile", help="a profile name (default: params.yaml as it is)")
+    _add_transcribe_parser(sub)
     args = parser.parse_args(argv)
 
+    if args.command == "transcribe":
+        return _transcribe(args)
     if args.command == "run":
         return _run(args)
     if args.command == "sizes":
@@ -122,6 +126,52 @@ def _add_run_parser(sub: argparse._SubParsersAction) -> None:
         help="DVC remote to pull from before and push to after the run: a name from .dvc/config, a URL "
         "(s3://bucket/path) or a directory",
     )
+
+
+def _add_transcribe_parser(sub: argparse._SubParsersAction) -> None:
+    t = sub.add_parser(
+        "transcribe",
+        help="apply a finished finetune to audio files or a manifest; scores them when references are given",
+        description="Decode audio with one finetuned model (models/finetune/<upstream>-<budget>-<seed>): the "
+        "run's upstream, rebuilt from params.yaml and checked against the one it was trained on, then its "
+        "downstream model. Prints `id<TAB>hypothesis` lines (or writes JSON Lines with --out), and WER/CER "
+        "when the manifest has `text`.",
+        epilog="examples:\n  labelbudget transcribe models/finetune/large-60-0 clip1.flac clip2.wav\n"
+        "  labelbudget transcribe models/finetune/large-60-0 --manifest my_test.jsonl --out hyps.jsonl",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    t.add_argument("model", type=Path, help="a finetune's folder (holds model.pt)")
+    t.add_argument("audio", nargs="*", type=Path, help="audio files (any rate; resampled to 16 kHz)")
+    t.add_argument("--manifest", type=Path, help="JSON Lines with `audio` (and `id`, `text`) per line")
+    t.add_argument("--root", type=Path, help="folder the manifest's audio paths are relative to "
+                   "(default: the manifest's folder)")
+    t.add_argument("--out", type=Path, help="write id, audio, text, hyp per line (JSON Lines) here")
+    t.add_argument("--device", default="auto", help="auto | cpu | cuda")
+
+
+def _transcribe(args: argparse.Namespace) -> int:
+    from labelbudget import transcription as T
+    from labelbudget.config import load_params, project_root
+    from labelbudget.upstreams import UpstreamError
+
+    try:
+        params = load_params(project_root() / "params.yaml")
+        rows = T.read_inputs(args.audio, args.manifest, args.root)
+        rows = T.transcribe_files(args.model, rows, params, device=args.device)
+    except (FileNotFoundError, T.TranscriptionError, UpstreamError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if args.out:
+        T.write(rows, args.out)
+        print(f"{len(rows)} hypotheses written to {args.out}")
+    else:
+        for r in rows:
+            print(f"{r['id']}\t{r['hyp']}")
+    scores = T.score(rows)
+    if scores:
+        print(f"WER {scores['wer']:.3f}  CER {scores['cer']:.3f}  over {scores['utterances']} utterances "
+              "with references", file=sys.stderr if not args.out else sys.stdout)
+    return 0
 
 
 def _sizes(profile: str | None) -> int:

@@ -78,6 +78,23 @@ def test_dvc_metrics_and_plots_show_work(smoke_project):
 
 @pytest.mark.slow
 def test_wandb_offline_runs_hold_pretraining_metrics(smoke_project):
-    runs = list((smoke_project / "wandb").glob("offline-run-*"))
-    assert runs, "no offline W&B run directories"
-    assert any(f.stat().st_size > 0 for r in runs for f in r.glob("run-*.wandb"))
+    logs = [f.read_bytes() for f in (smoke_project / "wandb").glob("offline-run-*/run-*.wandb")]
+    # one W&B run per pretraining (2), finetune (4 upstreams x 2 budgets) and the report
+    assert len(logs) == 2 + 8 + 1
+    # Offline runs keep history and summary only in their binary log, where keys are stored as plain strings
+    pretraining = [d for d in logs if b"pretrain" in d and b"train/loss" in d]
+    assert len(pretraining) == 2 and all(b"train/masked_acc" in d for d in pretraining)
+    assert sum(b"test/in_domain/wer" in d for d in logs) >= 8  # every finetune's summary
+
+
+@pytest.mark.slow
+def test_transcribe_reproduces_the_evaluation_of_a_finished_finetune(smoke_project, tmp_path):
+    p = smoke_project
+    out = tmp_path / "hyps.jsonl"
+    r = run(["labelbudget", "transcribe", "models/finetune/fbank-2-0", "--manifest",
+             "data/corpus/manifests/test-in_domain.jsonl", "--root", "data/corpus/audio", "--out", str(out)], p)
+    assert "WER" in r.stdout
+    got = {row["id"]: row["hyp"] for row in map(json.loads, out.read_text().splitlines())}
+    evaluated = [json.loads(line) for line in (p / "results/eval/fbank-2-0/hyps.jsonl").read_text().splitlines()]
+    want = {row["id"]: row["hyp"] for row in evaluated if row["test_set"] == "in_domain"}
+    assert got == want  # the same upstream and model: the same hypotheses as the evaluate stage
