@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -10,12 +11,72 @@ import yaml
 PARAMS = "params.yaml"
 
 
+PARAMS_LOG = "LABELBUDGET_PARAMS_LOG"  # set by a test: every stage appends the params keys it read
+
+
 def load_params(path: str | Path = PARAMS) -> dict[str, Any]:
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path}: no params file; run `labelbudget profile default` to compose one from conf/")
     with open(path, encoding="utf-8") as f:
-        return yaml.safe_load(f)
+        params = yaml.safe_load(f)
+    log = os.environ.get(PARAMS_LOG)
+    return _recorded(params, log) if log else params
+
+
+class _Reads(dict):
+    """A params mapping that records the dotted keys read from it (a whole sub-tree when it is iterated)."""
+
+    def __init__(self, data: dict, prefix: str, seen: set[str]):
+        super().__init__(data)
+        self._prefix, self._seen = prefix, seen
+
+    def _key(self, key: Any) -> str:
+        return f"{self._prefix}{key}"
+
+    def _wrap(self, key: Any, value: Any) -> Any:
+        return _Reads(value, self._key(key) + ".", self._seen) if isinstance(value, dict) else value
+
+    def __getitem__(self, key: Any) -> Any:
+        value = super().__getitem__(key)
+        if not isinstance(value, dict):
+            self._seen.add(self._key(key))
+        return self._wrap(key, value)
+
+    def get(self, key: Any, default: Any = None) -> Any:
+        return self[key] if key in self else default
+
+    def __iter__(self):
+        self._seen.add(self._prefix.rstrip(".") or "*")
+        return super().__iter__()
+
+    def keys(self):
+        self._seen.add(self._prefix.rstrip(".") or "*")
+        return super().keys()
+
+    def items(self):
+        self._seen.add(self._prefix.rstrip(".") or "*")
+        return super().items()
+
+    def values(self):
+        self._seen.add(self._prefix.rstrip(".") or "*")
+        return super().values()
+
+
+def _recorded(params: dict, log: str) -> dict:
+    import atexit
+    import json
+    import sys
+
+    seen: set[str] = set()
+
+    def write() -> None:
+        stage = Path(sys.argv[0]).stem
+        with open(log, "a", encoding="utf-8") as f:
+            f.write(json.dumps({"stage": stage, "argv": sys.argv[1:], "keys": sorted(seen)}) + "\n")
+
+    atexit.register(write)
+    return _Reads(params, "", seen)
 
 
 def project_root(start: Path | None = None) -> Path:

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from labelbudget.config import PARAMS_LOG
+
 REPO = Path(__file__).resolve().parent.parent
 ENV = {**os.environ, "WANDB_MODE": "offline", "DO_NOT_TRACK": "1", "GX_ANALYTICS_ENABLED": "false",
        "LABELBUDGET_THREADS": "2"}
@@ -28,8 +30,8 @@ def copy_project(dst: Path) -> Path:
     return dst
 
 
-def run(cmd: list[str], cwd: Path) -> subprocess.CompletedProcess:
-    r = subprocess.run(cmd, cwd=cwd, env=ENV, capture_output=True, text=True, timeout=1500)
+def run(cmd: list[str], cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    r = subprocess.run(cmd, cwd=cwd, env={**ENV, **(env or {})}, capture_output=True, text=True, timeout=1500)
     assert r.returncode == 0, f"{' '.join(cmd)} failed:\n{r.stdout[-4000:]}\n{r.stderr[-4000:]}"
     return r
 
@@ -38,7 +40,7 @@ def run(cmd: list[str], cwd: Path) -> subprocess.CompletedProcess:
 def smoke_project(tmp_path_factory):
     project = copy_project(tmp_path_factory.mktemp("project"))
     run(["labelbudget", "profile", "smoke"], project)
-    run(["dvc", "repro"], project)
+    run(["dvc", "repro"], project, env={PARAMS_LOG: str(project / "params-read.jsonl")})
     return project
 
 
@@ -98,3 +100,27 @@ def test_transcribe_reproduces_the_evaluation_of_a_finished_finetune(smoke_proje
     evaluated = [json.loads(line) for line in (p / "results/eval/fbank-2-0/hyps.jsonl").read_text().splitlines()]
     want = {row["id"]: row["hyp"] for row in evaluated if row["test_set"] == "in_domain"}
     assert got == want  # the same upstream and model: the same hypotheses as the evaluate stage
+
+
+# Read on purpose without being a param: finetune checks the evaluation weights against the test sets before
+# training, but they do not change the model (dvc.yaml says so beside the stage).
+READ_UNDECLARED = {"finetune": {"evaluate.weights"}}
+
+
+@pytest.mark.slow
+def test_every_param_a_stage_reads_is_declared_in_dvc_yaml(smoke_project):
+    from dvc.repo import Repo
+
+    repo = Repo(str(smoke_project))
+    declared = {}
+    for stage in repo.index.stages:
+        keys = [k for d in stage.deps if type(d).__name__ == "ParamsDependency" for k in d.params]
+        declared[stage.cmd.split(" ", 2)[2]] = (stage.name, keys)
+    records = [json.loads(line) for line in (smoke_project / "params-read.jsonl").read_text().splitlines()]
+    assert len(records) == len(declared)  # every stage process ran with the recorder
+    for r in records:
+        name, keys = declared[" ".join(r["argv"])]
+        allowed = READ_UNDECLARED.get(name.split("@")[0], set())
+        undeclared = [k for k in r["keys"] if k not in allowed
+                      and not any(k == d or k.startswith(d + ".") for d in keys)]
+        assert not undeclared, f"stage {name} reads params it does not declare in dvc.yaml: {undeclared}"

@@ -4,6 +4,7 @@ registered decoding; checkpoints."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict
 from pathlib import Path
 
@@ -156,6 +157,7 @@ def transcribe(model: DownstreamModel, dataset: FeatureDataset, decoder: Decoder
 
 
 def save_checkpoint(path: str | Path, model: DownstreamModel, meta: dict) -> None:
+    meta = json.loads(json.dumps(meta))  # plain JSON data, whatever mapping types it came in: weights_only loads it
     payload = {"config": asdict(model.cfg), "num_layers": model.num_layers, "dim": model.dim,
                "input_rate": model.input_rate, "state_dict": model.state_dict(), "meta": meta}
     with atomic_path(path) as tmp:
