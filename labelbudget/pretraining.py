@@ -11,11 +11,10 @@ from pathlib import Path
 import torch
 
 from labelbudget.batching import StepBatchSampler, WaveDataset, collate_waves
-from labelbudget.encoder import EncoderConfig, count_parameters, subsampled_lengths
+from labelbudget.encoder import EncoderConfig, count_parameters
 from labelbudget.io import atomic_path, write_json
-from labelbudget.logmel import LogMel, normalize
 from labelbudget.manifest import Corpus
-from labelbudget.ssl import STACK, KMeansQuantizer, NonFiniteLossError, stack_frames
+from labelbudget.ssl import OBJECTIVES, STACK, NonFiniteLossError
 
 FORMAT = "labelbudget-ssl/1"
 # Keys that change the trained weights; the rest (time cap, checkpoint cadence, devices) may change on resume.
@@ -29,23 +28,6 @@ def resolve_precision(setting: str) -> str:
     if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
         return "bf16-mixed"
     return "32-true"
-
-
-def fit_kmeans(rows: list[dict], corpus: Corpus, p: dict, n_mels: int, seed: int) -> KMeansQuantizer:
-    """k-means targets on stacked, normalised log-mel frames of a seeded sample of the unlabeled pool."""
-    g = torch.Generator().manual_seed(seed)
-    pick = torch.randperm(len(rows), generator=g)[: p["kmeans_utterances"]].tolist()
-    data = WaveDataset([str(corpus.audio_path(rows[i])) for i in pick], [rows[i]["duration"] for i in pick])
-    logmel, frames = LogMel(n_mels), []
-    for k in range(len(data)):
-        wav = data[k][None]
-        feats, flens = logmel(wav, torch.tensor([wav.shape[1]]))
-        feats = normalize(feats, flens)
-        frames.append(stack_frames(feats, int(subsampled_lengths(flens)[0]))[0])
-    allf = torch.cat(frames)
-    if len(allf) > 50_000:  # plenty for k <= 1024; keeps the fit to seconds
-        allf = allf[torch.randperm(len(allf), generator=g)[:50_000]]
-    return KMeansQuantizer(KMeansQuantizer.fit(allf, p["kmeans_clusters"], seed=seed))
 
 
 def fingerprint(cfg: EncoderConfig, p: dict, seed: int, manifest: Path) -> str:
@@ -73,8 +55,8 @@ def pretrain(size: str, params: dict, out: Path, corpus_dir: Path = Path("data/c
     corpus = Corpus.load(corpus_dir)
     rows = corpus.read(corpus.unlabeled)
     durations = [r["duration"] for r in rows]
-    if p["objective"] not in ("bestrq", "hubert"):
-        raise ValueError(f"params pretrain.objective: {p['objective']!r} is not one of bestrq, hubert")
+    if p["objective"] not in OBJECTIVES:
+        raise ValueError(f"params pretrain.objective: {p['objective']!r} is not one of {', '.join(OBJECTIVES)}")
 
     ckpt_dir = out / "checkpoints"
     fp = fingerprint(cfg, p, seed, corpus.manifest_path(corpus.unlabeled))
@@ -86,7 +68,7 @@ def pretrain(size: str, params: dict, out: Path, corpus_dir: Path = Path("data/c
     last = ckpt_dir / "last.ckpt"
 
     L.seed_everything(seed, workers=True, verbose=False)
-    quantizer = fit_kmeans(rows, corpus, p, cfg.n_mels, seed) if p["objective"] == "hubert" else None
+    quantizer = OBJECTIVES[p["objective"]](rows, corpus, p, cfg.n_mels, seed)
     precision = resolve_precision(p["precision"])
     # Lightning refuses gradient clipping with a fused optimizer under mixed precision (CUDA bf16 crashed at
     # the first step): fused only for full-precision training.

@@ -7,13 +7,16 @@ buffers: frozen (never in the optimizer), saved in and restored from the checkpo
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from labelbudget.batching import WaveDataset
 from labelbudget.encoder import SUBSAMPLING, Encoder, EncoderConfig, subsampled_lengths
 from labelbudget.logmel import LogMel, length_mask, normalize
+from labelbudget.manifest import Corpus
 
 STACK = SUBSAMPLING  # log-mel frames under each encoder frame: the prediction targets' input
 
@@ -108,6 +111,32 @@ def check_finite_loss(loss: torch.Tensor, step: int) -> None:
             f"pretraining loss is {float(loss.detach()):.4g} at update {step}: the run diverged (or a batch is "
             "corrupt); no weights exported. Lower params pretrain.lr, raise pretrain.warmup_steps, or check the audio")
 
+def bestrq_targets(rows: list[dict], corpus: Corpus, p: dict, n_mels: int, seed: int) -> RandomProjectionQuantizer:
+    """BEST-RQ: a frozen random-projection quantizer of stacked log-mel frames (needs no data)."""
+    return RandomProjectionQuantizer(STACK * n_mels, p["codebook_size"], p["codebook_dim"], seed)
+
+
+def kmeans_targets(rows: list[dict], corpus: Corpus, p: dict, n_mels: int, seed: int) -> KMeansQuantizer:
+    """HuBERT: k-means targets on stacked, normalised log-mel frames of a seeded sample of the unlabeled pool."""
+    g = torch.Generator().manual_seed(seed)
+    pick = torch.randperm(len(rows), generator=g)[: p["kmeans_utterances"]].tolist()
+    data = WaveDataset([str(corpus.audio_path(rows[i])) for i in pick], [rows[i]["duration"] for i in pick])
+    logmel, frames = LogMel(n_mels), []
+    for k in range(len(data)):
+        wav = data[k][None]
+        feats, flens = logmel(wav, torch.tensor([wav.shape[1]]))
+        feats = normalize(feats, flens)
+        frames.append(stack_frames(feats, int(subsampled_lengths(flens)[0]))[0])
+    allf = torch.cat(frames)
+    if len(allf) > 50_000:  # plenty for k <= 1024; keeps the fit to seconds
+        allf = allf[torch.randperm(len(allf), generator=g)[:50_000]]
+    return KMeansQuantizer(KMeansQuantizer.fit(allf, p["kmeans_clusters"], seed=seed))
+
+
+# params pretrain.objective -> the target maker: (unlabeled rows, corpus, params `pretrain`, n_mels, seed) ->
+# a module mapping stacked log-mel frames (B, T, STACK*n_mels) to target ids. A new objective is one entry here.
+OBJECTIVES: dict[str, Callable[..., nn.Module]] = {"bestrq": bestrq_targets, "hubert": kmeans_targets}
+
 
 def make_ssl_module(cfg: EncoderConfig, p: dict, seed: int, quantizer: nn.Module | None = None,
                     fused: bool = False):
@@ -124,8 +153,7 @@ def make_ssl_module(cfg: EncoderConfig, p: dict, seed: int, quantizer: nn.Module
             self.cfg, self.p, self.seed = cfg, p, seed
             self.logmel = LogMel(cfg.n_mels)
             self.encoder = Encoder(cfg)
-            self.quantizer = quantizer or RandomProjectionQuantizer(
-                STACK * cfg.n_mels, p["codebook_size"], p["codebook_dim"], seed)
+            self.quantizer = quantizer or bestrq_targets([], None, p, cfg.n_mels, seed)
             self.head = nn.Linear(cfg.dim, self.quantizer.num_targets)
             self._t0 = time.time()
 

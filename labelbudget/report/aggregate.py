@@ -53,9 +53,9 @@ class ReportConfig:
                   bootstrap=int(e.get("bootstrap", 1000)), ci=float(e.get("ci", 0.95)),
                   seed=int(e.get("bootstrap_seed", 0)), **r)
         for role in ("smaller", "larger"):
-            if getattr(cfg, role) not in cfg.ssl_sizes:
-                raise ReportError(f"params report.{role}: {getattr(cfg, role)!r} is not in ssl_sizes "
-                                  f"{cfg.ssl_sizes}")
+            if getattr(cfg, role) not in cfg.upstreams:  # our SSL sizes, or pretrained (hf) checkpoints
+                raise ReportError(f"params report.{role}: {getattr(cfg, role)!r} is not in upstreams "
+                                  f"{cfg.upstreams}")
         return cfg
 
 
