@@ -22,7 +22,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from labelbudget.orchestrate import remote as dvc_remote
 from labelbudget.orchestrate.dag import load_dag, sort_lock
 from labelbudget.orchestrate.publish import REPORT, publish
-from labelbudget.orchestrate.scheduler import BLOCKED, FAILED, GATES, run_dag
+from labelbudget.orchestrate.scheduler import BLOCKED, FAILED, GATES, INTERRUPTED, run_dag, stop_on_signals
 
 
 class PipelineFailed(RuntimeError):
@@ -107,7 +107,7 @@ def experiment(
     "report": path of reports/results.md or None}.
     """
     project = _project(root)
-    with _workspace_lock(project):
+    with _workspace_lock(project), stop_on_signals():
         if profile or overrides:
             from labelbudget.profiles import write_params
 
@@ -140,7 +140,12 @@ def _experiment(project: Path, concurrency: int, task_runner: str, targets: list
     sort_lock(project, dag.order)
     failed = [n for n, s in status.items() if s == FAILED]
     blocked = [n for n, s in status.items() if s == BLOCKED]
-    publish(project, status, timings, complete=not failed)
+    interrupted = [n for n, s in status.items() if s == INTERRUPTED]
+    publish(project, status, timings, complete=not failed and not interrupted)
+    if interrupted:
+        raise PipelineFailed(f"interrupted: {len(interrupted)} stage(s) not started ({', '.join(interrupted)})"
+                             f"{'; failed: ' + ', '.join(failed) if failed else ''}. Run again to resume: "
+                             "finished stages are kept")
 
     if failed:
         gates = [n for n in failed if n.split("@")[0] in GATES]

@@ -10,9 +10,13 @@ retried; others are, with exponential backoff.
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from prefect import get_run_logger, task
@@ -26,7 +30,32 @@ GATES = ("validate",)  # deterministic checks: never retried, and their failure 
 
 # Stage outcomes, as reported in the flow's return value and artifact
 RAN, CACHED, UNCHANGED, UP_TO_DATE = "ran", "restored from run-cache", "unchanged", "up to date"
-FAILED, BLOCKED = "failed", "not run (upstream failed)"
+FAILED, BLOCKED, INTERRUPTED = "failed", "not run (upstream failed)", "not run (interrupted)"
+
+_stop = threading.Event()  # set by SIGINT/SIGTERM while a DAG runs: no stage is started after it
+
+
+@contextmanager
+def stop_on_signals() -> Iterator[None]:
+    """While the body runs, Ctrl-C or SIGTERM stops the scheduler from starting stages (the running ones end
+    with their own signal, or finish); a second signal interrupts at once. Only the main thread can install
+    handlers; elsewhere this does nothing."""
+    _stop.clear()
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame) -> None:
+        if _stop.is_set():
+            raise KeyboardInterrupt
+        _stop.set()
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
 
 
 def _outcome(output: str) -> str:
@@ -100,7 +129,7 @@ def run_dag(dag: Dag, concurrency: int = 2, retries: int = 2, retry_delay_s: flo
     pending = dag.to_run()  # topological order: among ready stages, the earliest in dvc.yaml goes first
     while pending or running:
         progressed = False
-        for name in list(pending):
+        for name in list(pending) if not _stop.is_set() else []:
             ups = dag.stages[name].upstream
             if not all(up in status for up in ups):
                 continue
@@ -135,6 +164,6 @@ def run_dag(dag: Dag, concurrency: int = 2, retries: int = 2, retry_delay_s: flo
             status[name] = FAILED
             errors[name] = str(done.state.message or done.state.name)
             logger.error("stage %s failed: %s", name, errors[name])
-    for name in pending:  # cannot happen in a DAG; never leave a stage without an outcome
-        status[name] = BLOCKED
+    for name in pending:  # interrupted (or, impossible in a DAG, a stage whose upstream never ended)
+        status[name] = INTERRUPTED if _stop.is_set() else BLOCKED
     return {"status": status, "timings": timings, "errors": errors}
