@@ -46,20 +46,24 @@ class _Reads(dict):
     def get(self, key: Any, default: Any = None) -> Any:
         return self[key] if key in self else default
 
-    def __iter__(self):
+    def _whole(self) -> None:
         self._seen.add(self._prefix.rstrip(".") or "*")
+
+    # iterating reads the whole sub-tree (copies, dumps, **unpacking all go through these)
+    def __iter__(self):
+        self._whole()
         return super().__iter__()
 
     def keys(self):
-        self._seen.add(self._prefix.rstrip(".") or "*")
+        self._whole()
         return super().keys()
 
     def items(self):
-        self._seen.add(self._prefix.rstrip(".") or "*")
+        self._whole()
         return super().items()
 
     def values(self):
-        self._seen.add(self._prefix.rstrip(".") or "*")
+        self._whole()
         return super().values()
 
 

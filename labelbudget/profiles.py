@@ -38,11 +38,16 @@ def available_profiles(root: Path) -> list[str]:
     return sorted(p.stem for p in (root / CONF_DIR / "profile").glob("*.yaml"))
 
 
+def _known(root: Path, profile: str) -> None:
+    if profile not in available_profiles(root):
+        raise ProfileError(f"unknown profile {profile!r}; available: {', '.join(available_profiles(root))}")
+
+
 def compose(root: Path, profile: str | None = None, overrides: list[str] | tuple[str, ...] = ()) -> dict:
     """The params of `profile` (default: the base's default) with Hydra `overrides` (`key=value`,
     `~key`, `+key=value`)."""
-    if profile is not None and profile not in available_profiles(root):
-        raise ProfileError(f"unknown profile {profile!r}; available: {', '.join(available_profiles(root))}")
+    if profile is not None:
+        _known(root, profile)
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / PARAMS
         _compose_to(root, out, [*([f"profile={profile}"] if profile else []), *overrides])
@@ -128,21 +133,22 @@ def write_params(root: Path, profile: str | None = None, overrides: list[str] | 
     """Compose `profile` (default: the current one) with `overrides` into params.yaml, atomically; refuse to
     overwrite direct edits of params.yaml unless `force`."""
     profile = profile or current(root)[0]
-    composed = compose(root, profile, overrides)  # a bad profile or override fails here, params.yaml untouched
-    edits = [] if force else unsaved_edits(root)
-    if edits:
-        shown = ", ".join(edits[:8]) + (" ..." if len(edits) > 8 else "")
-        raise ProfileError(f"{root / PARAMS} has edits that conf/ does not hold ({shown}); pass them with "
-                           "--set key=value, put them in conf/, or add --force to discard them")
+    _known(root, profile)
     path = root / PARAMS
-    sets = f"; --set {' '.join(overrides)}" if overrides else ""
     fd, tmp = tempfile.mkstemp(dir=root, prefix=".params.", suffix=".yaml")
     os.close(fd)
     try:
+        # composed and checked before anything is compared or replaced: a bad override leaves params.yaml as is
         _compose_to(root, Path(tmp), [f"profile={profile}", *overrides])
         body = Path(tmp).read_text()
+        check(yaml.safe_load(body))
+        edits = [] if force else unsaved_edits(root)
+        if edits:
+            shown = ", ".join(edits[:8]) + (" ..." if len(edits) > 8 else "")
+            raise ProfileError(f"{path} has edits that conf/ does not hold ({shown}); pass them with "
+                               "--set key=value, put them in conf/, or add --force to discard them")
+        sets = f"; --set {' '.join(overrides)}" if overrides else ""
         Path(tmp).write_text(HEADER.format(profile=profile, sets=sets) + body)
-        assert yaml.safe_load(Path(tmp).read_text()) == composed
         os.replace(tmp, path)
     finally:
         Path(tmp).unlink(missing_ok=True)

@@ -68,10 +68,10 @@ class Run:
     info: dict = field(default_factory=dict)
 
 
-def index_runs(eval_dir: Path) -> dict[tuple[str, float, int], Path]:
-    """Every evaluation under `eval_dir` by the identity its metrics.json states (upstream, budget, seed),
-    whatever its folder is called."""
-    found: dict[tuple[str, float, int], Path] = {}
+def index_runs(eval_dir: Path) -> dict[tuple[str, float, int], tuple[Path, dict]]:
+    """Every evaluation under `eval_dir` (its folder and metrics.json) by the identity its metrics.json states
+    (upstream, budget, seed), whatever its folder is called."""
+    found: dict[tuple[str, float, int], tuple[Path, dict]] = {}
     for f in sorted(Path(eval_dir).glob("*/metrics.json")):
         m = read_json(f)
         try:
@@ -80,8 +80,8 @@ def index_runs(eval_dir: Path) -> dict[tuple[str, float, int], Path]:
             raise ReportError(f"{f}: does not name its run (upstream, budget_minutes, seed); re-run its "
                               "`evaluate` stage") from None
         if key in found:
-            raise ReportError(f"{f} and {found[key] / 'metrics.json'} both claim run {key}")
-        found[key] = f.parent
+            raise ReportError(f"{f} and {found[key][0] / 'metrics.json'} both claim run {key}")
+        found[key] = (f.parent, m)
     return found
 
 
@@ -92,12 +92,12 @@ def load_runs(eval_dir: str | Path, cfg: ReportConfig) -> list[Run]:
     for u in cfg.upstreams:
         for b in cfg.budgets_min:
             for s in cfg.seeds:
-                d = found.get((u, float(b), int(s)))
+                d, info = found.get((u, float(b), int(s)), (None, {}))
                 if d is None or not (d / "hyps.jsonl").exists():
                     missing.append(f"{u}-{budget_name(b)}-{s}")
                     continue
                 rows = sorted(read_jsonl(d / "hyps.jsonl"), key=lambda r: (r["test_set"], r["id"]))
-                runs.append(Run(u, b, s, rows, read_json(d / "metrics.json")))
+                runs.append(Run(u, b, s, rows, info))
     if missing:
         raise ReportError(f"{len(missing)} evaluation result(s) missing under {eval_dir}: {missing[:8]}"
                           f"{' ...' if len(missing) > 8 else ''}; run the `evaluate` stages first")
