@@ -29,38 +29,32 @@ def main(argv: list[str] | None = None) -> int:
     sizes.add_argument("--profile", help="a profile name (default: params.yaml as it is)")
     _add_transcribe_parser(sub)
     args = parser.parse_args(argv)
+    commands = {"transcribe": _transcribe, "run": _run, "sizes": lambda a: _sizes(a.profile), "profile": _profile}
+    from labelbudget.errors import LabelbudgetError, one_line
 
-    if args.command == "transcribe":
-        return _transcribe(args)
-    if args.command == "run":
-        return _run(args)
-    if args.command == "sizes":
-        return _sizes(args.profile)
-
-    if args.command == "profile":
-        return _profile(args)
-    return 0
+    try:
+        return commands[args.command](args)
+    except LabelbudgetError as e:  # bad params, an unknown profile...: one line, exit 2, nothing written
+        print(f"error: {one_line(e)}", file=sys.stderr)
+        return 2
 
 
 def _profile(args: argparse.Namespace) -> int:
     from labelbudget import profiles
     from labelbudget.config import project_root
 
-    try:
-        root = project_root()
-        if not args.name and not args.overrides:
-            current, sets = profiles.current(root)
-            for name in profiles.available_profiles(root):
-                print(("* " if name == current else "  ") + name + (f"  (--set {' '.join(sets)})"
-                                                                    if name == current and sets else ""))
-            edits = profiles.unsaved_edits(root)
-            if edits:
-                print(f"params.yaml has direct edits: {', '.join(edits)}")
-            return 0
-        path = profiles.write_params(root, args.name, args.overrides, force=args.force)
-    except (FileNotFoundError, profiles.ProfileError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    root = project_root()
+    args.overrides = _overrides(root, args)
+    if not args.name and not args.overrides:
+        current, sets = profiles.current(root)
+        for name in profiles.available_profiles(root):
+            print(("* " if name == current else "  ") + name + (f"  (--set {' '.join(sets)})"
+                                                                if name == current and sets else ""))
+        edits = profiles.unsaved_edits(root)
+        if edits:
+            print(f"params.yaml has direct edits: {', '.join(edits)}")
+        return 0
+    path = profiles.write_params(root, args.name, args.overrides, force=args.force)
     print(f"{path} now holds profile {profiles.current(root)[0]!r}"
           f"{' with ' + ' '.join(args.overrides) if args.overrides else ''}; `dvc repro` re-runs what it changes")
     return 0
@@ -76,6 +70,24 @@ def _add_set_option(parser: argparse.ArgumentParser) -> None:
         help="a Hydra override on top of the profile, exactly as `dvc exp run -S`: subsets.seeds=[0,1], "
         "'~upstreams.large' (drop a key), +models.tiny={layers: 2, dim: 64} (add one). Repeatable",
     )
+    parser.add_argument(
+        "--sizes",
+        type=lambda v: [s for s in v.split(",") if s],
+        metavar="S1,S2",
+        help="SSL sizes to pre-train and compare (keys of `models`), e.g. small: writes the overrides that set "
+        "ssl_sizes, add or drop their upstreams, and skip the report findings that need a dropped size",
+    )
+
+
+def _overrides(root: Path, args: argparse.Namespace) -> list[str]:
+    """--set overrides, after the ones --sizes stands for."""
+    if not args.sizes:
+        return args.overrides
+    from labelbudget import profiles
+
+    profile = args.name if args.command == "profile" else args.profile
+    base = profiles.compose(root, profile or profiles.current(root)[0], [], check=False)
+    return [*profiles.size_overrides(base, args.sizes), *args.overrides]
 
 
 RUN_HELP = """\
@@ -88,7 +100,7 @@ examples:
   labelbudget run                                   # params.yaml as it is (the repo ships `default`)
   labelbudget run --profile smoke                   # the whole pipeline in a few minutes
   labelbudget run --set subsets.budgets_min=[2,6,20] --set subsets.seeds=[0]
-  labelbudget run --set ssl_sizes=[small] --set '~upstreams.large'   # one SSL size
+  labelbudget run --sizes small                     # one SSL size (ssl_sizes, upstreams, report roles)
   labelbudget run subsets                           # only the data stages up to `subsets`
   labelbudget run --remote s3://bucket/labelbudget  # share outputs between machines (DVC remote)
 """
@@ -152,13 +164,12 @@ def _add_transcribe_parser(sub: argparse._SubParsersAction) -> None:
 def _transcribe(args: argparse.Namespace) -> int:
     from labelbudget import transcription as T
     from labelbudget.config import load_params, project_root
-    from labelbudget.upstreams import UpstreamError
 
     try:
         params = load_params(project_root() / "params.yaml")
         rows = T.read_inputs(args.audio, args.manifest, args.root)
         rows = T.transcribe_files(args.model, rows, params, device=args.device)
-    except (FileNotFoundError, T.TranscriptionError, UpstreamError) as e:
+    except FileNotFoundError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     if args.out:
@@ -179,11 +190,7 @@ def _sizes(profile: str | None) -> int:
     from labelbudget.config import load_params, project_root
     from labelbudget.encoder import size_report
 
-    try:
-        params = profiles.compose(project_root(), profile) if profile else load_params()
-    except (FileNotFoundError, profiles.ProfileError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    params = profiles.compose(project_root(), profile) if profile else load_params()
     random_sizes = [u["size"] for u in params.get("upstreams", {}).values() if u.get("kind") == "random"]
     names = [*params["ssl_sizes"], *random_sizes]
     print(f"profile {params.get('profile', '?')}: encoder sizes (instantiated on the meta device)")
@@ -197,21 +204,15 @@ def _sizes(profile: str | None) -> int:
 def _run(args: argparse.Namespace) -> int:
     import os
 
-    from labelbudget.config import project_root
+    from labelbudget.config import load_params, project_root
 
-    try:
-        root = project_root()
-    except FileNotFoundError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    if args.profile or args.overrides:  # composed before the flow starts: a bad override costs nothing
+    root = project_root()
+    args.overrides = _overrides(root, args)
+    if args.profile or args.overrides:  # composed and checked before the flow starts: a bad override costs nothing
         from labelbudget import profiles
 
-        try:
-            profiles.write_params(root, args.profile, args.overrides, force=args.force)
-        except profiles.ProfileError as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 2
+        profiles.write_params(root, args.profile, args.overrides, force=args.force)
+    load_params(root / "params.yaml")  # the schema, before any stage runs
     # Quiet, self-contained Prefect unless the user configured it: state in the project, no telemetry, and
     # room for the first start of the temporary server (it migrates its database).
     os.environ.setdefault("PREFECT_HOME", str(root / ".prefect"))

@@ -8,6 +8,9 @@ from typing import Any
 
 import yaml
 
+from labelbudget.errors import LabelbudgetError, ParamsError
+from labelbudget.schema import check_params
+
 PARAMS = "params.yaml"
 
 
@@ -17,9 +20,13 @@ PARAMS_LOG = "LABELBUDGET_PARAMS_LOG"  # set by a test: every stage appends the 
 def load_params(path: str | Path = PARAMS) -> dict[str, Any]:
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"{path}: no params file; run `labelbudget profile default` to compose one from conf/")
-    with open(path, encoding="utf-8") as f:
-        params = yaml.safe_load(f)
+        raise ParamsError(f"{path}: no params file; run `labelbudget profile default` to compose one from conf/")
+    try:
+        with open(path, encoding="utf-8") as f:
+            params = yaml.safe_load(f)
+    except yaml.YAMLError as e:
+        raise ParamsError(f"{path}: not valid YAML: {' '.join(str(e).split())}") from None
+    check_params(params, where=str(path))  # before any stage work: one line naming the bad key
     log = os.environ.get(PARAMS_LOG)
     return _recorded(params, log) if log else params
 
@@ -89,7 +96,7 @@ def project_root(start: Path | None = None) -> Path:
     for d in (start, *start.parents):
         if (d / "dvc.yaml").exists():
             return d
-    raise FileNotFoundError(f"no dvc.yaml in {start} or above: run labelbudget inside the project")
+    raise LabelbudgetError(f"no dvc.yaml in {start} or above: run labelbudget inside the project")
 
 
 def configure_threads() -> int:

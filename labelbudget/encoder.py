@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
+from labelbudget.errors import ParamsError
 from labelbudget.logmel import length_mask
 
 SUBSAMPLING = 4  # log-mel frames per encoder frame: two stride-2 convolutions (100 Hz -> 25 Hz)
@@ -36,7 +37,11 @@ class EncoderConfig:
 
     @classmethod
     def from_params(cls, p: dict, n_mels: int = 80) -> EncoderConfig:
-        return cls(n_mels=n_mels, **{k: v for k, v in p.items() if k in cls.__dataclass_fields__})
+        unknown = sorted(set(p) - set(cls.__dataclass_fields__) | ({"n_mels"} & set(p)))
+        if unknown:  # a misspelt key would otherwise train the default shape without a word
+            raise ParamsError(f"params models: unknown key(s) {unknown}; known: "
+                              f"{sorted(set(cls.__dataclass_fields__) - {'n_mels'})}")
+        return cls(n_mels=n_mels, **p)
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -16,13 +16,14 @@ import numpy as np
 import torch
 
 from labelbudget.batching import WaveDataset, bucket_batches, collate_waves
+from labelbudget.errors import LabelbudgetError
 from labelbudget.featstore import ShardWriter
 from labelbudget.io import read_json, write_json
 from labelbudget.manifest import Corpus
 from labelbudget.upstreams import Upstream
 
 
-class NonFiniteFeaturesError(FloatingPointError):
+class NonFiniteFeaturesError(LabelbudgetError, FloatingPointError):
     pass
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from labelbudget.errors import LabelbudgetError
 from labelbudget.io import atomic_path, read_json, write_json
 
 
@@ -28,7 +29,7 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
-class FeatureStoreError(RuntimeError):
+class FeatureStoreError(LabelbudgetError, RuntimeError):
     pass
 
 

@@ -18,13 +18,14 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from labelbudget.errors import LabelbudgetError
 from labelbudget.text import normalize
 
 WORD_COUNT_WEIGHTS = "words"  # params value: weight each test set by its reference word count
 EQUAL_WEIGHTS = "equal"
 
 
-class MetricsError(ValueError):
+class MetricsError(LabelbudgetError, ValueError):
     pass
 
 

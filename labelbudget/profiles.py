@@ -21,6 +21,9 @@ from typing import Any
 
 import yaml
 
+from labelbudget.errors import LabelbudgetError
+from labelbudget.schema import check_params
+
 CONF_DIR = "conf"
 CONFIG_NAME = "config"
 PARAMS = "params.yaml"
@@ -30,7 +33,7 @@ HEADER = ("# Composed from conf/ (profile {profile}{sets}) by `labelbudget profi
           "# here are kept until the next composition, which refuses to discard them without --force.\n")
 
 
-class ProfileError(ValueError):
+class ProfileError(LabelbudgetError, ValueError):
     pass
 
 
@@ -43,16 +46,18 @@ def _known(root: Path, profile: str) -> None:
         raise ProfileError(f"unknown profile {profile!r}; available: {', '.join(available_profiles(root))}")
 
 
-def compose(root: Path, profile: str | None = None, overrides: list[str] | tuple[str, ...] = ()) -> dict:
+def compose(root: Path, profile: str | None = None, overrides: list[str] | tuple[str, ...] = (),
+            check: bool = True) -> dict:
     """The params of `profile` (default: the base's default) with Hydra `overrides` (`key=value`,
-    `~key`, `+key=value`)."""
+    `~key`, `+key=value`), checked against the schema unless `check` is False."""
     if profile is not None:
         _known(root, profile)
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / PARAMS
         _compose_to(root, out, [*([f"profile={profile}"] if profile else []), *overrides])
         params = yaml.safe_load(out.read_text())
-    check(params)
+    if check:
+        check_params(params, where="composed params")
     return params
 
 
@@ -70,20 +75,6 @@ def _compose_to(root: Path, out: Path, overrides: list[str]) -> None:
         from hydra.core.global_hydra import GlobalHydra
 
         GlobalHydra.instance().clear()
-
-
-def check(params: dict) -> None:
-    """Cross-key rules that a composition can break (e.g. `ssl_sizes=[small]` leaving an `ssl` upstream of a
-    size that is no longer pre-trained)."""
-    sizes = params.get("ssl_sizes") or []
-    for name, spec in (params.get("upstreams") or {}).items():
-        kind = spec.get("kind") if isinstance(spec, dict) else None
-        if kind == "ssl" and spec.get("size", name) not in sizes:
-            raise ProfileError(f"upstreams.{name} is an ssl upstream of size {spec.get('size', name)!r}, which "
-                               f"ssl_sizes {sizes} does not pre-train; drop it (--set '~upstreams.{name}') or "
-                               "add the size to ssl_sizes")
-        if kind == "ssl" and spec.get("size", name) not in (params.get("models") or {}):
-            raise ProfileError(f"upstreams.{name}: size {spec.get('size', name)!r} has no shape in params `models`")
 
 
 def _sha256(path: Path) -> str:
@@ -141,7 +132,7 @@ def write_params(root: Path, profile: str | None = None, overrides: list[str] | 
         # composed and checked before anything is compared or replaced: a bad override leaves params.yaml as is
         _compose_to(root, Path(tmp), [f"profile={profile}", *overrides])
         body = Path(tmp).read_text()
-        check(yaml.safe_load(body))
+        check_params(yaml.safe_load(body), where="composed params")
         edits = [] if force else unsaved_edits(root)
         if edits:
             shown = ", ".join(edits[:8]) + (" ..." if len(edits) > 8 else "")
@@ -172,6 +163,8 @@ def size_overrides(params: dict, sizes: list[str]) -> list[str]:
     out += [f"~upstreams.{n}" for n, s in ups.items() if s.get("kind") == "ssl" and s.get("size", n) not in sizes]
     out += [f"+upstreams.{n}={value({'kind': 'ssl', 'source': f'models/pretrain/{n}/model.pt'})}"
             for n in sizes if n not in ups]
+    dropped = {n for n, s in ups.items() if s.get("kind") == "ssl" and s.get("size", n) not in sizes}
+    out += [f"report.{role}=null" for role, name in (params.get("report") or {}).items() if name in dropped]
     return out
 
 

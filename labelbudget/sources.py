@@ -28,6 +28,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from labelbudget import audio
+from labelbudget.errors import CorpusError, CorpusNotFoundError
 from labelbudget.io import read_jsonl
 from labelbudget.manifest import TEST_PREFIX, Corpus, write_manifest
 
@@ -46,7 +47,7 @@ def ingest(source: str, cfg: dict, out: Path) -> Corpus:
     readers: dict[str, Reader] = {"librispeech": _librispeech, "commonvoice": _commonvoice,
                                   "manifest": _manifest}
     if source not in readers:
-        raise ValueError(f"params corpus.source: unknown {source!r}; choose synth or one of "
+        raise CorpusError(f"params corpus.source: unknown {source!r}; choose synth or one of "
                          f"{', '.join(SOURCES)}")
     root = _root(cfg)
     out = Path(out)
@@ -60,7 +61,7 @@ def ingest(source: str, cfg: dict, out: Path) -> Corpus:
     for part, subsets in plan.items():
         rows = [r for subset in subsets for r in reader(root, subset, part != corpus.unlabeled)]
         if not rows:
-            raise ValueError(f"corpus.ingest: part {part!r} is empty: {subsets} under {root} hold no "
+            raise CorpusError(f"corpus.ingest: part {part!r} is empty: {subsets} under {root} hold no "
                              "utterances")
         unreadable += _add_header_fields(rows, root, desc=part)
         if part.startswith(TEST_PREFIX):
@@ -79,10 +80,10 @@ def ingest(source: str, cfg: dict, out: Path) -> Corpus:
 
 def _root(cfg: dict) -> Path:
     if not cfg.get("path"):
-        raise ValueError("params corpus.ingest.path is empty: set it to the root directory of your corpus")
+        raise CorpusError("params corpus.ingest.path is empty: set it to the root directory of your corpus")
     root = Path(cfg["path"]).expanduser()
     if not root.is_dir():
-        raise FileNotFoundError(f"{root}: corpus root not found (params corpus.ingest.path)")
+        raise CorpusNotFoundError(f"{root}: corpus root not found (params corpus.ingest.path)")
     return root.resolve()
 
 
@@ -97,15 +98,15 @@ def _plan(cfg: dict) -> dict[str, list[str]]:
     plan = {"unlabeled": _as_list(cfg.get("unlabeled")), "labeled": _as_list(cfg.get("labeled"))}
     for name, subsets in (cfg.get("tests") or {}).items():
         if not _TEST_NAME.fullmatch(str(name)):
-            raise ValueError(f"params corpus.ingest.tests: name {name!r} may only use letters, digits, "
+            raise CorpusError(f"params corpus.ingest.tests: name {name!r} may only use letters, digits, "
                              "'_', '-', '.'")
         plan[TEST_PREFIX + str(name)] = _as_list(subsets)
     for part, subsets in plan.items():
         if not subsets:
             key = f"tests.{part.removeprefix(TEST_PREFIX)}" if part.startswith(TEST_PREFIX) else part
-            raise ValueError(f"params corpus.ingest.{key} names no subset")
+            raise CorpusError(f"params corpus.ingest.{key} names no subset")
     if len(plan) == 2:
-        raise ValueError("params corpus.ingest.tests is empty: name at least one test set, "
+        raise CorpusError("params corpus.ingest.tests is empty: name at least one test set, "
                          "e.g. {clean: test-clean}")
     return plan
 
@@ -133,7 +134,7 @@ def _add_header_fields(rows: list[dict], root: Path, desc: str) -> int:
 def _subset_dir(root: Path, subset: str) -> Path:
     d = root / subset
     if not d.is_dir():
-        raise FileNotFoundError(f"{d}: subset {subset!r} not found under the corpus root")
+        raise CorpusNotFoundError(f"{d}: subset {subset!r} not found under the corpus root")
     return d
 
 
@@ -153,7 +154,7 @@ def _librispeech(root: Path, subset: str, transcribed: bool) -> list[dict]:
                 texts[trans.parent / f"{utt}.flac"] = text.strip()
     if transcribed:
         if not texts:
-            raise FileNotFoundError(f"{d}: no *.trans.txt transcripts; not a LibriSpeech-layout subset "
+            raise CorpusNotFoundError(f"{d}: no *.trans.txt transcripts; not a LibriSpeech-layout subset "
                                     "with labels")
         files = list(texts)  # listed utterances, even if the audio is missing: validation names those
     else:
@@ -182,14 +183,14 @@ def _commonvoice(root: Path, name: str, transcribed: bool) -> list[dict]:
     """`<root>/<name>.tsv` (columns client_id, path, sentence, ...) with the audio in `<root>/clips/`."""
     tsv = root / (name if name.endswith(".tsv") else f"{name}.tsv")
     if not tsv.is_file():
-        raise FileNotFoundError(f"{tsv}: Common Voice table not found under the corpus root")
+        raise CorpusNotFoundError(f"{tsv}: Common Voice table not found under the corpus root")
     with open(tsv, encoding="utf-8", newline="") as f:
         # Sentences contain quotes; Common Voice does not quote fields.
         table = list(csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
     columns = set(table[0]) if table else set()
     needed = {"path", "sentence"} if transcribed else {"path"}
     if table and not needed <= columns:
-        raise ValueError(f"{tsv}: columns {sorted(needed - columns)} missing (found {sorted(columns)})")
+        raise CorpusError(f"{tsv}: columns {sorted(needed - columns)} missing (found {sorted(columns)})")
 
     rows = []
     for rec in table:
@@ -225,14 +226,14 @@ def _manifest(root: Path, name: str, transcribed: bool) -> list[dict]:
     audio; otherwise it comes from the header."""
     path = Path(name) if Path(name).is_absolute() else root / name
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: manifest not found")
+        raise CorpusNotFoundError(f"{path}: manifest not found")
     table = _read_table(path)
     needed = {"audio", "text"} if transcribed else {"audio"}
     rows = []
     for lineno, rec in enumerate(table, 1):
         missing = needed - {k for k, v in rec.items() if v is not None}
         if missing:
-            raise ValueError(f"{path}: row {lineno} lacks {sorted(missing)} (columns: audio, text, "
+            raise CorpusError(f"{path}: row {lineno} lacks {sorted(missing)} (columns: audio, text, "
                              "optional speaker, duration, id)")
         # Paths are kept as written (relative to the root); absolute ones are made relative, which may give
         # `../...` for audio outside the root: validation reports those rather than this stage guessing.
@@ -256,7 +257,7 @@ def _declared_duration(value: object, path: Path, lineno: int) -> float | None:
     try:
         return float(value)  # type: ignore[arg-type]
     except ValueError:
-        raise ValueError(f"{path}: row {lineno}: duration {value!r} is not a number of seconds") from None
+        raise CorpusError(f"{path}: row {lineno}: duration {value!r} is not a number of seconds") from None
 
 
 def prepare(params: dict, out: Path) -> Corpus:

@@ -15,6 +15,7 @@ from torch import nn
 
 from labelbudget.batching import WaveDataset
 from labelbudget.encoder import SUBSAMPLING, Encoder, EncoderConfig, subsampled_lengths
+from labelbudget.errors import LabelbudgetError
 from labelbudget.logmel import LogMel, length_mask, normalize
 from labelbudget.manifest import Corpus
 
@@ -101,7 +102,7 @@ def span_mask(lengths: torch.Tensor, prob: float, span: int, generator: torch.Ge
     return mask
 
 
-class NonFiniteLossError(FloatingPointError):
+class NonFiniteLossError(LabelbudgetError, FloatingPointError):
     """Pretraining diverged: the loss is NaN or infinite. Nothing is exported from such a run."""
 
 

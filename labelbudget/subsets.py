@@ -6,8 +6,10 @@ from pathlib import Path
 
 import numpy as np
 
+from labelbudget.errors import LabelbudgetError
 
-class BudgetError(ValueError):
+
+class BudgetError(LabelbudgetError, ValueError):
     pass
 
 

@@ -14,10 +14,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from labelbudget.errors import LabelbudgetError
 from labelbudget.io import read_jsonl
 
 
-class TranscriptionError(ValueError):
+class TranscriptionError(LabelbudgetError, ValueError):
     pass
 
 

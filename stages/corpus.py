@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
 
 from labelbudget.config import load_params
+from labelbudget.errors import run_stage
 from labelbudget.manifest import total_hours
 from labelbudget.sources import prepare
 
@@ -26,4 +28,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_stage(main))

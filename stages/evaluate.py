@@ -4,9 +4,11 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from labelbudget.config import configure_threads, load_params
+from labelbudget.errors import run_stage
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -23,4 +25,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_stage(main))

@@ -4,11 +4,12 @@ params `upstreams` (a pre-trained SSL size, the `random` control, `fbank`, a tra
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from labelbudget.config import configure_threads, load_params
-from labelbudget.extraction import NonFiniteFeaturesError, extract_upstream
-from labelbudget.upstreams import UpstreamError
+from labelbudget.errors import run_stage
+from labelbudget.extraction import extract_upstream
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -18,14 +19,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--out", type=Path, help="features folder (default: data/features/<upstream>)")
     args = ap.parse_args(argv)
     configure_threads()
-    try:
-        info = extract_upstream(args.upstream, load_params(), args.corpus,
-                                args.out or Path("data/features") / args.upstream)
-    except (NonFiniteFeaturesError, UpstreamError) as e:
-        raise SystemExit(f"extract@{args.upstream} failed: {e}") from None
+    out = args.out or Path("data/features") / args.upstream
+    info = extract_upstream(args.upstream, load_params(), args.corpus, out)
     print(f"{args.upstream}: {info['audio_seconds']:.0f} s of audio in {info['wall_seconds']:.1f} s "
           f"({info['realtime_factor']:.0f}x real time)")
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_stage(main))

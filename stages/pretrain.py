@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 from labelbudget.config import configure_threads, load_params
+from labelbudget.errors import run_stage
 from labelbudget.pretraining import pretrain
-from labelbudget.ssl import NonFiniteLossError
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -19,13 +20,10 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     params = load_params()
     configure_threads()
-    try:
-        summary = pretrain(args.size, params, args.out or Path("models/pretrain") / args.size, args.corpus)
-    except NonFiniteLossError as e:
-        raise SystemExit(f"pretrain@{args.size} failed: {e}") from None
+    summary = pretrain(args.size, params, args.out or Path("models/pretrain") / args.size, args.corpus)
     if summary:
         print(json.dumps(summary, indent=2))
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_stage(main))

@@ -8,9 +8,11 @@ F0-F3) and figures/*.png; then logs the table and figures to a W&B summary run (
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from labelbudget.config import load_params
+from labelbudget.errors import run_stage
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -25,4 +27,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_stage(main))

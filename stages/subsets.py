@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from labelbudget.config import load_params
+from labelbudget.errors import run_stage
 from labelbudget.subsets import write_subsets
 
 
@@ -18,4 +20,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_stage(main))

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 from labelbudget.config import load_params
+from labelbudget.errors import EXIT_KNOWN, run_stage
 from labelbudget.manifest import Corpus
 from labelbudget.validation import validate_corpus, write_report
 
@@ -25,13 +26,13 @@ def main(argv: list[str] | None = None) -> int:
     rules = len(report["rules"])
     if not report["passed"]:
         print(summary)
-        print(f"validation FAILED: {len(report['failed_rules'])} of {rules} rules; see {args.out}/summary.md",
+        print(f"error: validation FAILED: {len(report['failed_rules'])} of {rules} rules; see {args.out}/summary.md",
               file=sys.stderr)
-        return 1
+        return EXIT_KNOWN  # the same corpus fails the same way: not worth a retry
     print(f"validation passed: {rules} rules over {sum(report['parts'].values())} utterances "
           f"in {time.time() - start:.1f} s; report in {args.out}")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_stage(main))

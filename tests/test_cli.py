@@ -43,11 +43,18 @@ def test_profile_switch_composes_the_overlay_onto_the_base(project):
 
 def test_overrides_compose_like_dvc_exp_run_set(project):
     assert main(["profile", "smoke", "--set", "subsets.seeds=[0, 1]", "--set", "ssl_sizes=[small]",
-                 "--set", "~upstreams.large"]) == 0
+                 "--set", "~upstreams.large", "--set", "report.larger=null"]) == 0
     p = params(project)
     assert p["subsets"]["seeds"] == [0, 1] and p["ssl_sizes"] == ["small"] and "large" not in p["upstreams"]
     assert profiles.current(project) == ("smoke", ["subsets.seeds=[0, 1]", "ssl_sizes=[small]",
-                                                   "~upstreams.large"])
+                                                   "~upstreams.large", "report.larger=null"])
+
+
+def test_sizes_option_writes_the_overrides_one_ssl_size_needs(project):
+    assert main(["profile", "smoke", "--sizes", "small"]) == 0
+    p = params(project)
+    assert p["ssl_sizes"] == ["small"] and "large" not in p["upstreams"] and p["report"]["larger"] is None
+    assert p["report"]["smaller"] == "small"
 
 
 def test_direct_edits_of_params_are_refused_not_discarded(project, capsys):
@@ -83,8 +90,8 @@ def test_overlays_hold_only_keys_the_base_has():
 
     def unknown(overlay: dict, ref: dict, prefix: str = "") -> list[str]:
         return [f"{prefix}{k}" for k, v in overlay.items() if k not in ref] + [
-            u for k, v in overlay.items() if isinstance(v, dict) and isinstance(ref.get(k), dict)
-            for u in unknown(v, ref[k], f"{prefix}{k}.")]
+            u for k, v in overlay.items() if isinstance(v, dict) and isinstance(ref.get(k), dict) and ref[k]
+            for u in unknown(v, ref[k], f"{prefix}{k}.")]  # an empty mapping in the base is open (ingest.tests)
 
     for path in (REPO / "conf" / "profile").glob("*.yaml"):
         assert unknown(yaml.safe_load(path.read_text()), base) == [], path.name

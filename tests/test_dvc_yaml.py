@@ -11,6 +11,9 @@ import yaml
 
 REPO = Path(__file__).resolve().parent.parent
 STAGES = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+# Modules that only accept or refuse inputs (and word the refusal): they cannot change what a stage writes, so
+# tightening a check must not re-run the experiment.
+CHECKS_ONLY = {Path("labelbudget/errors.py"), Path("labelbudget/schema.py")}
 
 
 def project_imports(path: Path) -> set[str]:
@@ -64,7 +67,7 @@ def test_every_module_a_stage_imports_is_a_dependency(name):
     script = REPO / stage["cmd"].split()[1]
     deps = [Path(d) for d in stage["deps"] if "${" not in d]
     covered = lambda f: any(f == d or d in f.parents for d in deps)  # noqa: E731
-    missing = sorted(str(f) for f in code_closure(script) if not covered(f) and f.name != "__init__.py"
+    missing = sorted(str(f) for f in code_closure(script) - CHECKS_ONLY if not covered(f) and f.name != "__init__.py"
                      or f.name == "__init__.py" and not covered(f) and f.parent != Path("labelbudget"))
     assert not missing, f"stage {name}: add to its deps in dvc.yaml: {missing}"
 

@@ -16,6 +16,7 @@ import pytest
 import yaml
 from corpora import SR, VALIDATE_CFG, build_corpus, build_librispeech, tone, write_audio
 
+from labelbudget.errors import EXIT_KNOWN
 from labelbudget.io import write_jsonl
 from labelbudget.manifest import Corpus
 from labelbudget.sources import ingest
@@ -245,7 +246,8 @@ def test_report_files_are_written_and_machine_readable(tmp_path: Path) -> None:
 def run_stage(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> int:
     """Run stages/validate.py as `dvc repro` would (as __main__, in the workspace); return its exit code.
     In-process, so that the test does not pay for importing Great Expectations again."""
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"validate": VALIDATE_CFG}))
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({**params, "validate": VALIDATE_CFG}))
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(sys, "argv", ["stages/validate.py"])
     with pytest.raises(SystemExit) as done:
@@ -256,7 +258,7 @@ def run_stage(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> int:
 def test_stage_exits_nonzero_and_prints_summary_on_a_bad_corpus(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     stereo(build_corpus(tmp_path, corpus_dir="data/corpus"))
-    assert run_stage(tmp_path, monkeypatch) == 1
+    assert run_stage(tmp_path, monkeypatch) == EXIT_KNOWN  # a failed gate: not retried
     assert "## mono: 1 offending rows" in capsys.readouterr().out
     assert json.loads((tmp_path / "data/validation/report.json").read_text())["failed_rules"] == ["mono"]
     assert "**FAIL**" in (tmp_path / "data/validation/summary.md").read_text()

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields
 
+from labelbudget.errors import LabelbudgetError
 
-class DownstreamInputError(ValueError):
+
+class DownstreamInputError(LabelbudgetError, ValueError):
     """Bad input found before any training starts (missing features, unknown layer, empty budget...)."""
 
 

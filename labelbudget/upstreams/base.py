@@ -9,8 +9,10 @@ from typing import Any
 
 import torch
 
+from labelbudget.errors import LabelbudgetError
 
-class UpstreamError(ValueError):
+
+class UpstreamError(LabelbudgetError, ValueError):
     """An upstream that cannot be built: unknown kind, missing option, unusable checkpoint."""
 
 

@@ -1,0 +1,339 @@
+"""The typed schema of params.yaml: types, ranges, known keys and the rules between sections.
+
+`check_params` runs before anything does: in `labelbudget run` and `labelbudget profile` (before params.yaml is
+written) and in every stage's `load_params` (so a plain `dvc repro` stops at the same line). Its error names the
+key, the value and what is allowed. The schema only checks; stages keep reading the plain dict, so a budget of
+2 stays the int 2 that names stages and files.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import pkgutil
+import re
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from labelbudget.errors import ParamsError
+
+TEST_SETS = ("in_domain", "unseen_accents", "noisy", "reverb", "telephone", "rate_extremes")  # corpus.TEST_SETS
+# Options each built-in upstream kind takes beside `kind` and `source`; a kind added as a module takes any.
+KIND_OPTIONS = {"ssl": {"size"}, "random": {"size"}, "fbank": set(), "hf": {"model", "normalize", "revision"}}
+OWN_SECTIONS = {"corpus", "upstreams", "pretrain", "extract", "finetune", "evaluate", "report"}
+PRECISIONS = ("auto", "32", "32-true", "16-mixed", "bf16-mixed", "bf16-true", "64", "64-true")
+
+Positive = Annotated[float, Field(gt=0)]
+PositiveInt = Annotated[int, Field(gt=0)]
+NonNegative = Annotated[float, Field(ge=0)]
+NonNegativeInt = Annotated[int, Field(ge=0)]
+Fraction = Annotated[float, Field(ge=0, le=1)]
+Budget = Annotated[int | float, Field(gt=0)]
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+def _unique(values: list) -> list:
+    dupes = sorted({str(v) for v in values if values.count(v) > 1})
+    if dupes:
+        raise ValueError(f"listed twice: {', '.join(dupes)}")
+    return values
+
+
+class Wandb(Section):
+    project: str
+    group: str
+    mode: Literal["offline", "online", "disabled"]
+
+
+class Synth(Section):
+    unlabeled_hours: Positive
+    labeled_hours: Positive
+    test_utterances: PositiveInt
+    test_sets: Annotated[list[Literal[TEST_SETS]], Field(min_length=1)]  # type: ignore[valid-type]
+    shard_size: PositiveInt = 32
+    workers: NonNegativeInt = 0
+
+    _unique_sets = field_validator("test_sets")(_unique)
+
+
+class Ingest(Section):
+    path: str = ""
+    unlabeled: str | list[str] = []
+    labeled: str | list[str] = []
+    tests: dict[str, str | list[str]] = {}
+    held_out_speakers: Literal["tests"] | list[str] = []
+
+
+class Corpus(Section):
+    source: Literal["synth", "librispeech", "commonvoice", "manifest"]
+    synth: Synth
+    ingest: Ingest
+
+    @model_validator(mode="after")
+    def _ingest_named(self) -> Corpus:
+        if self.source != "synth" and not self.ingest.path:
+            raise ValueError(f"source {self.source!r} needs corpus.ingest.path, the root folder of your corpus")
+        if self.source != "synth" and not self.ingest.tests:
+            raise ValueError(f"source {self.source!r} needs corpus.ingest.tests, e.g. {{clean: test-clean}}")
+        return self
+
+
+class Validate(Section):
+    sample_rate: PositiveInt
+    min_duration: NonNegative
+    max_duration: Positive
+    duration_tolerance: NonNegative
+    silence_db: Annotated[float, Field(le=0)]
+    max_clipped_fraction: Fraction
+    report_rows: PositiveInt = 10
+    workers: NonNegativeInt = 0
+    labeled_in_unlabeled: Literal["auto", "allow", "forbid"] = "auto"
+
+    @model_validator(mode="after")
+    def _durations(self) -> Validate:
+        if self.max_duration <= self.min_duration:
+            raise ValueError(f"max_duration {self.max_duration} must exceed min_duration {self.min_duration}")
+        return self
+
+
+class Subsets(Section):
+    dev_minutes: Positive
+    budgets_min: Annotated[list[Budget], Field(min_length=1)]
+    seeds: Annotated[list[NonNegativeInt], Field(min_length=1)]
+    tolerance: Annotated[float, Field(ge=0, lt=1)]
+
+    _unique_lists = field_validator("budgets_min", "seeds")(_unique)
+
+
+class Upstream(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    kind: str
+    source: str
+    size: str | None = None
+
+    @model_validator(mode="after")
+    def _known_kind(self) -> Upstream:
+        kinds = upstream_kinds()
+        if self.kind not in kinds:
+            raise ValueError(f"kind {self.kind!r} is not a module of labelbudget/upstreams ({', '.join(kinds)})")
+        if self.kind in KIND_OPTIONS:
+            given = {k for k in (self.model_extra or {})} | ({"size"} if self.size is not None else set())
+            unknown = sorted(given - KIND_OPTIONS[self.kind])
+            if unknown:
+                allowed = ", ".join(["kind", "source", *sorted(KIND_OPTIONS[self.kind])])
+                raise ValueError(f"unknown option(s) {', '.join(unknown)} for kind {self.kind}; allowed: {allowed}")
+        if self.kind == "random" and self.size is None:
+            raise ValueError("kind random needs `size`: the encoder shape (a key of `models`) it leaves untrained")
+        return self
+
+
+class Model(Section):
+    layers: PositiveInt
+    dim: PositiveInt
+    heads: PositiveInt
+    ff_mult: PositiveInt = 4
+    conv_channels: PositiveInt = 256
+    dropout: Annotated[float, Field(ge=0, lt=1)] = 0.1
+    pos_kernel: PositiveInt = 15
+
+    @model_validator(mode="after")
+    def _heads_divide(self) -> Model:
+        if self.dim % self.heads:
+            raise ValueError(f"dim {self.dim} must be a multiple of heads {self.heads}")
+        return self
+
+
+class Features(Section):
+    n_mels: PositiveInt
+
+
+class Pretrain(Section):
+    objective: Literal["bestrq", "hubert"]
+    max_steps: PositiveInt
+    max_minutes: Positive
+    batch_seconds: Positive
+    lr: Positive
+    warmup_steps: NonNegativeInt
+    weight_decay: NonNegative
+    grad_clip: Positive
+    mask_prob: Annotated[float, Field(gt=0, lt=1)]
+    mask_span: PositiveInt
+    codebook_size: Annotated[int, Field(ge=2)]
+    codebook_dim: PositiveInt
+    kmeans_clusters: Annotated[int, Field(ge=2)]
+    kmeans_utterances: PositiveInt
+    precision: Literal[PRECISIONS] | Literal[16, 32, 64]  # type: ignore[valid-type]
+    checkpoint_every: PositiveInt
+    devices: PositiveInt | Literal["auto"] = 1
+    num_nodes: PositiveInt = 1
+    strategy: str = "auto"
+    num_threads: NonNegativeInt = 0
+
+
+class Extract(Section):
+    layers: Any
+    batch_seconds: Positive
+    shard_utterances: PositiveInt
+    device: Annotated[str, Field(pattern=r"^(auto|cpu|cuda(:\d+)?)$")]
+
+    @field_validator("layers")
+    @classmethod
+    def _layers(cls, v: Any) -> Any:
+        ok = v == "all" or (isinstance(v, list) and v and all(isinstance(x, int) and x >= 0 for x in v))
+        if not ok:
+            raise ValueError("must be 'all' or a non-empty list of layer numbers >= 0, e.g. [2, 3]")
+        return v
+
+
+class Finetune(Section):
+    layer: Any
+    dim: PositiveInt
+    conv_blocks: NonNegativeInt
+    conv_kernel: PositiveInt
+    hidden: PositiveInt
+    lstm_layers: PositiveInt
+    dropout: Annotated[float, Field(ge=0, lt=1)]
+    frame_rate: Positive
+    upsample: PositiveInt
+    time_masks: NonNegativeInt
+    time_mask_frames: NonNegativeInt
+    feature_masks: NonNegativeInt
+    feature_mask_fraction: Fraction
+    batch_size: PositiveInt
+    lr: Positive
+    weight_decay: NonNegative
+    warmup_steps: NonNegativeInt
+    grad_clip: Positive
+    max_steps: PositiveInt
+    eval_every: PositiveInt
+    patience: PositiveInt
+    min_delta: NonNegative
+    lr_decay: Annotated[float, Field(gt=0, le=1)]
+    blank_exit: Fraction
+    cmvn_utterances: PositiveInt
+    num_threads: NonNegativeInt = 0
+    accelerator: Literal["auto", "cpu", "gpu", "cuda"] = "auto"
+
+    @field_validator("layer")
+    @classmethod
+    def _layer(cls, v: Any) -> Any:
+        if not (v == "weighted" or (isinstance(v, int) and not isinstance(v, bool) and v >= 0)):
+            raise ValueError("must be 'weighted' or a layer number >= 0")
+        return v
+
+
+class Evaluate(Section):
+    decoder: str
+    weights: Literal["words", "equal"] | dict[str, NonNegative]
+    bootstrap: NonNegativeInt
+    ci: Annotated[float, Field(gt=0, lt=1)]
+    bootstrap_seed: int = 0
+
+
+class Report(Section):
+    smaller: str | None  # None: the findings that need this role are skipped (e.g. one SSL size)
+    larger: str | None
+    baseline: str | None
+    control: str | None
+    wer_threshold: Positive
+    f3_margin: NonNegative
+    min_converged: Fraction
+
+
+class Params(Section):
+    profile: str
+    seed: NonNegativeInt
+    wandb: Wandb
+    corpus: Corpus
+    validate_: Validate = Field(alias="validate")
+    subsets: Subsets
+    ssl_sizes: list[str]
+    upstreams: Annotated[dict[str, Upstream], Field(min_length=1)]
+    models: dict[str, Model]
+    features: Features
+    pretrain: Pretrain
+    extract: Extract
+    finetune: Finetune
+    evaluate: Evaluate
+    report: Report
+
+    _unique_sizes = field_validator("ssl_sizes")(_unique)
+
+    @model_validator(mode="after")
+    def _cross_keys(self) -> Params:
+        for size in self.ssl_sizes:
+            if size not in self.models:
+                raise ValueError(f"ssl_sizes: {size!r} has no shape in `models` (have {', '.join(self.models)})")
+        for name, spec in self.upstreams.items():
+            size = spec.size or name
+            if spec.kind == "ssl" and size not in self.ssl_sizes:
+                raise ValueError(f"upstreams.{name} is an ssl upstream of size {size!r}, which ssl_sizes "
+                                 f"{self.ssl_sizes} does not pre-train; drop it (--set '~upstreams.{name}') "
+                                 "or add the size to ssl_sizes")
+            if spec.kind == "random" and size not in self.models:
+                raise ValueError(f"upstreams.{name}.size {size!r} is not a key of `models`")
+        for role in ("smaller", "larger", "baseline", "control"):
+            name = getattr(self.report, role)
+            if name is not None and name not in self.upstreams:
+                raise ValueError(f"report.{role} {name!r} is not an upstream ({', '.join(self.upstreams)}); name "
+                                 f"one, or skip the findings that need it: --set report.{role}=null")
+        tests = (self.corpus.synth.test_sets if self.corpus.source == "synth" else list(self.corpus.ingest.tests))
+        if isinstance(self.evaluate.weights, dict):
+            unknown = sorted(set(self.evaluate.weights) - set(tests))
+            if unknown:
+                raise ValueError(f"evaluate.weights names test sets that do not exist: {unknown} (have {tests})")
+        return self
+
+
+def upstream_kinds() -> list[str]:
+    """Modules of labelbudget/upstreams, found without importing them (and torch)."""
+    spec = importlib.util.find_spec("labelbudget.upstreams")
+    paths = list(spec.submodule_search_locations or []) if spec else []
+    return sorted(m.name for m in pkgutil.iter_modules(paths) if m.name not in ("base", "__init__"))
+
+
+def _message(err: dict) -> str:
+    key = ".".join(str(p) for p in err["loc"]).replace("validate_", "validate")
+    text = re.sub(r"^(Value error|Assertion failed), ", "", err["msg"])
+    if err["type"] == "extra_forbidden":
+        return f"{key}: unknown key; allowed here: {', '.join(_known_keys(err['loc']))}"
+    if err["type"] == "missing":
+        return f"{key}: missing"
+    shown = repr(err.get("input"))
+    if not err["loc"] or err["type"] == "value_error" and (isinstance(err.get("input"), dict) or len(shown) > 60):
+        return f"{key}: {text}" if key else text
+    return f"{key} = {shown}: {text[:1].lower() + text[1:]}"
+
+
+def check_params(params: Any, where: str = "params") -> None:
+    """Raise ParamsError naming the first broken key, its value and what is allowed (and how many more)."""
+    if not isinstance(params, dict):
+        raise ParamsError(f"{where}: expected a mapping of sections, got {type(params).__name__}")
+    if not OWN_SECTIONS & set(params):
+        return  # another pipeline driven by the same flows (the tests' toy project): not this schema
+    try:
+        Params.model_validate(params)
+    except ValidationError as e:
+        errors = e.errors(include_url=False)
+        first = _message(errors[0])
+        more = f" (and {len(errors) - 1} more: {', '.join(_message(x) for x in errors[1:3])}"
+        more += ", ..." if len(errors) > 3 else ""
+        raise ParamsError(f"{where}: {first}{more + ')' if len(errors) > 1 else ''}") from None
+
+
+def _known_keys(loc: tuple) -> list[str]:
+    """The keys the section holding `loc` allows (entries of `models` and `upstreams` are sections too)."""
+    sections = {(): Params, ("models",): None, ("upstreams",): None}
+    cls: type[BaseModel] | None = Params
+    path: tuple = ()
+    for part in loc[:-1]:
+        path = (*path, part)
+        if path[:1] in (("models",), ("upstreams",)) and len(path) == 2:
+            cls = Model if path[0] == "models" else Upstream
+            continue
+        field = next((f for n, f in (cls.model_fields.items() if cls else []) if (f.alias or n) == part), None)
+        cls = field.annotation if field and isinstance(field.annotation, type) else sections.get(path)
+    return [f.alias or n for n, f in cls.model_fields.items()] if cls else []
