@@ -234,7 +234,12 @@ def _run(args: argparse.Namespace) -> int:
         return_state=True,
     )
     if not state.is_completed():
-        print(f"\nerror: {state.message}", file=sys.stderr)
+        from labelbudget.orchestrate.flows import PipelineInterrupted
+
+        exc = state.result(raise_on_failure=False)
+        print(f"\nerror: {exc if isinstance(exc, BaseException) else state.message}", file=sys.stderr)
+        if isinstance(exc, PipelineInterrupted):
+            return 128 + (exc.signum or 2)  # as a shell reports a process stopped by that signal
         return 1
     result = state.result()
     ran = [name for name, outcome in result["stages"].items() if outcome != "up to date"]

@@ -4,7 +4,9 @@ corpus -> validate -> subsets -> finetune@model-budget -> evaluate@model-budget 
 of one stdlib-only script that sleeps a little, writes deterministic outputs and appends its start and end
 time to `timeline.jsonl` (so tests can check order and overlap). Knobs, none of them seen by DVC:
 - `TOY_SLEEP`: seconds a finetune stage takes (default 0.3; the others take a tenth of it);
-- a file `.fail-once/<stage label>` (e.g. `evaluate-a-1`) makes that stage fail once, then disappears;
+- a file `.fail-once/<stage label>` (e.g. `evaluate-a-1`) gets that stage killed once (SIGKILL, as the OOM
+  killer would: a failure a retry can fix), then disappears; `.fail-always/<label>` makes it exit with a
+  known error (exit 3) every time;
 - param `validate.fail: true` makes the validation stage fail, as a data gate would.
 """
 
@@ -16,16 +18,21 @@ from collections.abc import Sequence
 from pathlib import Path
 
 STEP = r"""
-import json, os, sys, time
+import json, os, signal, sys, time
 from pathlib import Path
 
 kind, args = sys.argv[1], sys.argv[2:]
 label = "-".join([kind, *args]) if kind in ("finetune", "evaluate") else kind
 start = time.time()
+with open("attempts.log", "a") as f:
+    f.write(label + "\n")
 marker = Path(".fail-once") / label
 if marker.exists():
     marker.unlink()
-    sys.exit(f"{label}: failing once, as asked")
+    os.kill(os.getpid(), signal.SIGKILL)
+if (Path(".fail-always") / label).exists():
+    print(f"error: {label}: failing, as asked", file=sys.stderr)
+    sys.exit(3)
 time.sleep(float(os.environ.get("TOY_SLEEP", "0.3")) * (1 if kind == "finetune" else 0.1))
 
 
@@ -42,7 +49,8 @@ elif kind == "validate":
     write("data/validation/report.json", json.dumps({"success": ok}))
     write("data/validation/summary.md", "all rules passed\n" if ok else "rule `duration`: 3 rows fail\n")
     if not ok:
-        sys.exit("validation failed: see data/validation/summary.md")
+        print("error: validation failed: see data/validation/summary.md", file=sys.stderr)
+        sys.exit(3)
 elif kind == "subsets":
     for budget in args[1:]:  # `--budgets_min 1 2`; one file each: a new budget leaves the others as they were
         write(f"data/subsets/{budget}.txt", "".join(f"utt{i}\n" for i in range(int(budget) * 10)))
@@ -156,7 +164,7 @@ def create_toy_project(
     root.mkdir(parents=True, exist_ok=True)
     (root / "step.py").write_text(STEP.lstrip())
     (root / "dvc.yaml").write_text(DVC_YAML)
-    (root / ".gitignore").write_text("timeline.jsonl\n.fail-once/\n")
+    (root / ".gitignore").write_text("timeline.jsonl\nattempts.log\n.fail-once/\n.fail-always/\n")
     # DVC appends each output to a .gitignore beside it in the order stages finish; a directory dep holding
     # outputs of several stages (`results`) would hash differently with every finishing order.
     (root / ".dvcignore").write_text(".gitignore\n")

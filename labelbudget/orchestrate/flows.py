@@ -22,11 +22,27 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from labelbudget.orchestrate import remote as dvc_remote
 from labelbudget.orchestrate.dag import load_dag, sort_lock
 from labelbudget.orchestrate.publish import REPORT, publish
-from labelbudget.orchestrate.scheduler import BLOCKED, FAILED, GATES, INTERRUPTED, run_dag, stop_on_signals
+from labelbudget.orchestrate.scheduler import (
+    BLOCKED,
+    FAILED,
+    GATES,
+    INTERRUPTED,
+    run_dag,
+    stop_on_signals,
+    stopped_by,
+)
 
 
 class PipelineFailed(RuntimeError):
     pass
+
+
+class PipelineInterrupted(PipelineFailed):
+    """Ctrl-C or SIGTERM: stages stopped or not started; a rerun resumes. `signum` is the signal."""
+
+    def __init__(self, message: str, signum: int | None):
+        super().__init__(message)
+        self.signum = signum
 
 
 def _task_runner(kind: str, concurrency: int, dask_address: str | None = None):
@@ -143,9 +159,15 @@ def _experiment(project: Path, concurrency: int, task_runner: str, targets: list
     interrupted = [n for n, s in status.items() if s == INTERRUPTED]
     publish(project, status, timings, complete=not failed and not interrupted)
     if interrupted:
-        raise PipelineFailed(f"interrupted: {len(interrupted)} stage(s) not started ({', '.join(interrupted)})"
-                             f"{'; failed: ' + ', '.join(failed) if failed else ''}. Run again to resume: "
-                             "finished stages are kept")
+        import signal
+
+        signum = stopped_by()
+        by = f" by {signal.Signals(signum).name}" if signum else ""
+        stopped = [n for n in interrupted if n in errors]
+        raise PipelineInterrupted(
+            f"interrupted{by}: {len(stopped)} running stage(s) stopped ({', '.join(stopped) or 'none'}), "
+            f"{len(interrupted) - len(stopped)} not started{'; failed: ' + ', '.join(failed) if failed else ''}. "
+            "Run again to resume: finished stages are kept", signum)
 
     if failed:
         gates = [n for n in failed if n.split("@")[0] in GATES]
@@ -153,11 +175,11 @@ def _experiment(project: Path, concurrency: int, task_runner: str, targets: list
             outs = ", ".join(o for g in gates for o in dag.stages[g].outs)
             msg = f"data validation failed ({', '.join(gates)}): see {outs}. Stopped before any training"
         else:
-            msg = f"stage(s) failed after {retries} retries: {', '.join(failed)}"
+            first = failed[0]
+            msg = f"{first} failed: {errors.get(first, '?')}"
+            msg += f"; {len(failed) - 1} more stage(s) failed: {', '.join(failed[1:])}" if len(failed) > 1 else ""
         if blocked:
-            msg += f"; {len(blocked)} downstream stage(s) not run: {', '.join(blocked)}"
-        for name in failed:  # the end of what the stage printed usually says why
-            msg += f"\n--- {name}:\n" + "\n".join(errors.get(name, "").strip().splitlines()[-6:])
+            msg += f"; {len(blocked)} downstream stage(s) not run"
         raise PipelineFailed(msg)
 
     if remote_name:
