@@ -44,6 +44,9 @@ class PipelineInterrupted(PipelineFailed):
         super().__init__(message)
         self.signum = signum
 
+    def __reduce__(self):
+        return PipelineInterrupted, (str(self), self.signum)
+
 
 def _task_runner(kind: str, concurrency: int, dask_address: str | None = None):
     if kind == "threads":

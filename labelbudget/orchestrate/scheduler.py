@@ -97,6 +97,9 @@ class StageFailed(RuntimeError):
         super().__init__(f"{stage}: {reason}")
         self.stage, self.code, self.reason, self.retry, self.why, self.tail = stage, code, reason, retry, why, tail
 
+    def __reduce__(self):  # picklable for task runners that ship results between processes
+        return StageFailed, (self.stage, self.code, self.reason, self.retry, self.why, self.tail)
+
 
 _RETRYABLE = re.compile(r"MemoryError|OutOfMemoryError|out of memory|Unable to acquire lock|Lock.*(timeout|busy)",
                         re.IGNORECASE)
@@ -142,6 +145,25 @@ def restore_outputs(root: str, stage: str) -> bool:
     return proc.returncode == 0
 
 
+def interrupted() -> bool:
+    return _stop.is_set()
+
+
+def run_tracked(cmd: list[str], cwd: str, env: dict[str, str]) -> tuple[int, str]:
+    """Run `cmd` in its own session (a signal for the flow is not also delivered to it: stop_children forwards
+    it), registered as a running stage; return its exit code and output."""
+    proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    with _children_lock:
+        _children.add(proc)
+    try:
+        stdout, stderr = proc.communicate()
+    finally:
+        with _children_lock:
+            _children.discard(proc)
+    return proc.returncode, stdout + stderr
+
+
 def _outcome(output: str) -> str:
     # DVC reports a run-cache hit only in its log; nothing in its API tells it apart from a run
     if "is cached - skipping run" in output:
@@ -168,22 +190,12 @@ def repro_stage(root: str, stage: str, concurrency: int = 1) -> dict[str, Any]:
     """Run one stage with DVC. `-s` reproduces this stage only (its upstream already ran); `--wait-for-lock`
     makes concurrent calls queue for the repo lock instead of failing after a few seconds."""
     logger = get_run_logger()
-    if _stop.is_set():
+    if interrupted():
         raise StageFailed(stage, None, "not started: the run was interrupted", False, "the run was interrupted", "")
     start = time.time()
-    cmd = [sys.executable, "-m", "dvc", "--wait-for-lock", "repro", "-s", stage]
-    # its own session: a signal for the flow is not also delivered to it; stop_children forwards it
-    proc = subprocess.Popen(cmd, cwd=root, env=stage_env(concurrency), stdin=subprocess.DEVNULL,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
-    with _children_lock:
-        _children.add(proc)
-    try:
-        stdout, stderr = proc.communicate()
-    finally:
-        with _children_lock:
-            _children.discard(proc)
-    output = stdout + stderr
-    if proc.returncode != 0:
+    code, output = run_tracked([sys.executable, "-m", "dvc", "--wait-for-lock", "repro", "-s", stage], root,
+                               stage_env(concurrency))
+    if code != 0:
         failure = classify(stage, output)
         logger.error("%s", failure.tail)
         raise failure
