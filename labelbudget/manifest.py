@@ -6,6 +6,7 @@ A corpus directory holds `corpus.json` (where the audio root is, which parts exi
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,6 +22,13 @@ FIELDS: dict[str, type | tuple[type, ...]] = {
     "domain": str,
 }
 TEST_PREFIX = "test-"
+
+
+def inside(root: Path | str, path: Path | str) -> bool:
+    """`path` stays inside `root` once `..` and symlinks are resolved (checked without opening the file)."""
+    real_root = os.path.realpath(root)
+    real = os.path.realpath(os.path.join(real_root, path))
+    return real == real_root or real.startswith(real_root + os.sep)
 
 
 @dataclass

@@ -30,7 +30,7 @@ from tqdm import tqdm
 from labelbudget import audio
 from labelbudget.errors import CorpusError, CorpusNotFoundError
 from labelbudget.io import read_jsonl
-from labelbudget.manifest import TEST_PREFIX, Corpus, write_manifest
+from labelbudget.manifest import TEST_PREFIX, Corpus, inside, write_manifest
 
 SOURCES = ("librispeech", "commonvoice", "manifest")
 AUDIO_SUFFIXES = (".flac", ".wav")  # what a LibriSpeech-layout tree without transcripts may hold
@@ -63,6 +63,7 @@ def ingest(source: str, cfg: dict, out: Path) -> Corpus:
         if not rows:
             raise CorpusError(f"corpus.ingest: part {part!r} is empty: {subsets} under {root} hold no "
                              "utterances")
+        _confine(rows, root, part)
         unreadable += _add_header_fields(rows, root, desc=part)
         if part.startswith(TEST_PREFIX):
             speakers_in_tests.update(r["speaker"] for r in rows)
@@ -85,6 +86,16 @@ def _root(cfg: dict) -> Path:
     if not root.is_dir():
         raise CorpusNotFoundError(f"{root}: corpus root not found (params corpus.ingest.path)")
     return root.resolve()
+
+
+def _confine(rows: list[dict], root: Path, part: str) -> None:
+    """Refuse audio paths that leave the corpus root (`../..`, absolute elsewhere, a symlink out) before any
+    file is opened: a manifest must not make the pipeline read, hash or copy files it does not own."""
+    outside = [r["audio"] for r in rows if not inside(root, r["audio"])]
+    if outside:
+        raise CorpusError(f"part {part!r}: {len(outside)} audio path(s) leave the corpus root {root}, e.g. "
+                          f"{', '.join(repr(a) for a in outside[:3])}; none was opened. Move the audio under "
+                          "the root or point corpus.ingest.path at a folder that holds it all")
 
 
 def _as_list(value: str | list | None) -> list[str]:

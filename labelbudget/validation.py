@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from labelbudget import audio
 from labelbudget.io import write_json, write_text
-from labelbudget.manifest import FIELDS, TEST_PREFIX, Corpus
+from labelbudget.manifest import FIELDS, TEST_PREFIX, Corpus, inside
 from labelbudget.text import illegal_chars, normalize
 
 CLIP_LEVEL = 0.999  # |sample| at or above this counts as clipped (full scale of 16-bit PCM is 0.99997)
@@ -132,13 +132,14 @@ def add_checks(df: pd.DataFrame, corpus: Corpus, workers: int = 0, progress: boo
     files = [os.path.normpath(os.path.join(root, a)) if isinstance(a, str) and a else None
              for a in df["audio"]]
     df["file"] = files
-    # Lexical test (no symlink resolution): a corpus may legitimately symlink its audio folders elsewhere.
-    df["inside_root"] = [None if f is None else (f == root or f.startswith(root + os.sep)) for f in files]
+    # `..` and symlinks resolved; a file outside the root is reported, never opened
+    df["inside_root"] = [None if f is None else inside(root, f) for f in files]
 
-    probes = probe_files(sorted({f for f in files if f is not None}), workers=workers, progress=progress)
+    probes = probe_files(sorted({f for f, ok in zip(files, df["inside_root"], strict=True) if f is not None and ok}),
+                         workers=workers, progress=progress)
     for col in ("exists", "decodes", "error", "file_sample_rate", "channels", "frames", "rms_db",
                 "clipped_fraction", "audio_hash"):
-        df[col] = [None if f is None else probes[f].get(col) for f in files]
+        df[col] = [None if f is None else probes.get(f, {}).get(col) for f in files]
 
     # Numeric checks need numeric columns (None -> NaN, which expectations skip as "not applicable").
     for col in ("file_sample_rate", "channels", "frames", "rms_db", "clipped_fraction"):

@@ -5,15 +5,19 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+import sys
 from pathlib import Path
 
 import pytest
-from corpora import SR, VALIDATE_CFG, build_librispeech, sentence, tone, write_audio
+from corpora import SR, VALIDATE_CFG, build_corpus, build_librispeech, sentence, tone, write_audio
 
-from labelbudget import sources
+from labelbudget import audio, sources
 from labelbudget.audio import AudioDecodeError
-from labelbudget.manifest import FIELDS, Corpus
+from labelbudget.errors import CorpusError
+from labelbudget.manifest import FIELDS, Corpus, write_manifest
 from labelbudget.sources import ingest
+from labelbudget.validation import validate_corpus
 
 
 def snapshot(root: Path) -> dict[Path, bytes]:
@@ -218,3 +222,58 @@ def test_labeled_subset_without_transcripts_says_so(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match=r"raw: no \*\.trans\.txt transcripts"):
         ingest("librispeech", {"path": str(tmp_path), "unlabeled": ["raw"], "labeled": ["raw"],
                                "tests": {"t": "raw"}}, tmp_path / "corpus")
+
+
+_opened: list[str] | None = None  # paths opened while a test records (audit hooks cannot be removed)
+
+
+def _audit(event: str, args: tuple) -> None:
+    if _opened is not None and event == "open" and isinstance(args[0], (str, bytes, os.PathLike)):
+        _opened.append(os.path.realpath(os.fsdecode(args[0])))
+
+
+sys.addaudithook(_audit)
+
+
+@pytest.fixture
+def opened(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Every file opened during the test: Python's `open` (audit hook) and libsndfile's, which opens by name in
+    C and so passes our audio module (recorded there)."""
+    global _opened
+    _opened = []
+    for name in ("load", "info"):
+        real = getattr(audio, name)
+        monkeypatch.setattr(audio, name, lambda path, *a, _real=real, **k: (_opened.append(
+            os.path.realpath(path)), _real(path, *a, **k))[1])
+    yield _opened
+    _opened = None
+
+
+def test_audio_paths_leaving_the_corpus_root_are_refused_before_any_is_opened(tmp_path: Path, opened) -> None:
+    root, outside = tmp_path / "mine", tmp_path / "secret"
+    write_audio(root / "wavs" / "ok.wav", tone(seed=1, seconds=0.5), fmt="WAV")
+    write_audio(outside / "a.wav", tone(seed=2, seconds=0.5), fmt="WAV")
+    (root / "wavs" / "link.wav").symlink_to(outside / "a.wav")
+    rows = ["wavs/ok.wav", "../secret/a.wav", str(outside / "a.wav"), "wavs/link.wav", "wavs/../../secret/a.wav"]
+    (root / "train.csv").write_text("audio,text\n" + "".join(f"{a},hi\n" for a in rows))
+    (root / "test.csv").write_text("audio,text\nwavs/ok.wav,hi\n")
+    cfg = {"path": str(root), "unlabeled": ["test.csv"], "labeled": ["train.csv"], "tests": {"t": "test.csv"}}
+
+    with pytest.raises(CorpusError, match=r"'labeled': 4 audio path\(s\) leave the corpus root .*none was opened"):
+        sources.prepare({"corpus": {"source": "manifest", "ingest": cfg}}, tmp_path / "data" / "corpus")
+    assert str((outside / "a.wav").resolve()) not in opened
+    assert not list((tmp_path / "data").iterdir())  # nothing half-written
+
+
+def test_validation_reports_paths_outside_the_root_without_opening_them(tmp_path: Path, opened) -> None:
+    corpus = build_corpus(tmp_path)
+    secret = tmp_path / "secret.flac"
+    write_audio(secret, tone(seed=3))
+    rows = corpus.read("labeled")
+    (corpus.root / "escape.flac").symlink_to(secret)
+    rows[0]["audio"], rows[1]["audio"] = "escape.flac", os.path.relpath(secret, corpus.root)
+    write_manifest(corpus.manifest_path("labeled"), rows)
+
+    report = validate_corpus(corpus, {**VALIDATE_CFG, "workers": 1}, progress=False)
+    assert {r["id"] for r in report["rules"]["path_inside_root"]["rows"]} == {rows[0]["id"], rows[1]["id"]}
+    assert str(secret.resolve()) not in opened
