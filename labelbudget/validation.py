@@ -125,8 +125,38 @@ def _type_name(rec: dict, key: str) -> str | None:
     return None if rec[key] is None else type(rec[key]).__name__  # null values are the not_null rule's
 
 
-def add_checks(df: pd.DataFrame, corpus: Corpus, workers: int = 0, progress: bool = True) -> pd.DataFrame:
-    """Add the measured and derived columns the expectations assert on (None where a check does not apply)."""
+def allowed_pairs(cfg: dict, corpus: Corpus) -> set[frozenset[str]]:
+    """Pairs of parts that may share utterances: labeled inside unlabeled, the usual self-supervised set-up
+    (Libri-light holds LibriSpeech's training audio). `labeled_in_unlabeled`: auto = allowed for ingested
+    corpora, not for the synthesized one; allow; forbid. Audio shared with a test set always fails."""
+    mode = cfg.get("labeled_in_unlabeled", "auto")
+    allow = mode == "allow" or (mode == "auto" and corpus.source != "synth")
+    return {frozenset((corpus.labeled, corpus.unlabeled))} if allow else set()
+
+
+def _shared_with(keys: list, parts: list[str], allowed: set[frozenset[str]]) -> list[str | None]:
+    """Per row: the other parts holding the same key (its own part too if the key repeats in it), comma-joined;
+    pairs in `allowed` do not count. None where the key is missing."""
+    where: dict[Any, list[str]] = {}
+    for k, p in zip(keys, parts, strict=True):
+        if isinstance(k, str):
+            where.setdefault(k, []).append(p)
+    out: list[str | None] = []
+    for k, p in zip(keys, parts, strict=True):
+        if not isinstance(k, str):
+            out.append(None)
+            continue
+        holders = where[k]
+        others = {q for q in holders if q != p and frozenset((p, q)) not in allowed}
+        out.append(",".join(sorted(others | ({p} if holders.count(p) > 1 else set()))))
+    return out
+
+
+def add_checks(df: pd.DataFrame, corpus: Corpus, workers: int = 0, progress: bool = True,
+               allowed: set[frozenset[str]] | None = None) -> pd.DataFrame:
+    """Add the measured and derived columns the expectations assert on (None where a check does not apply).
+    `allowed`: pairs of parts that may share ids and audio (see `allowed_pairs`)."""
+    allowed = allowed or set()
     df = df.copy()
     root = os.path.normpath(str(corpus.root))
     files = [os.path.normpath(os.path.join(root, a)) if isinstance(a, str) and a else None
@@ -161,12 +191,10 @@ def add_checks(df: pd.DataFrame, corpus: Corpus, workers: int = 0, progress: boo
     # Leakage: training rows are unlabeled and labeled; their normalized text is compared with the test text.
     norm_all = [normalize(t) if t is not None else "" for t in text]
     df["training_text"] = [n if n and not te else None for n, te in zip(norm_all, is_test, strict=True)]
-    parts_by_hash: dict[str, set[str]] = {}
-    for h, p in zip(df["audio_hash"], df["part"], strict=True):
-        if isinstance(h, str):
-            parts_by_hash.setdefault(h, set()).add(p)
-    df["same_audio_in"] = [None if not isinstance(h, str) else ",".join(sorted(parts_by_hash[h] - {p}))
-                           for h, p in zip(df["audio_hash"], df["part"], strict=True)]
+    parts = list(df["part"])
+    df["same_audio_in"] = [None if s is None else ",".join(q for q in s.split(",") if q and q not in (p,))
+                           for s, p in zip(_shared_with(list(df["audio_hash"]), parts, allowed), parts, strict=True)]
+    df["same_id_in"] = _shared_with(list(df["id"]), parts, allowed)
     df["labeled_speaker"] = [s if p == corpus.labeled and isinstance(s, str) else None
                              for s, p in zip(df["speaker"], df["part"], strict=True)]
     return df
@@ -180,7 +208,8 @@ def sentences_of_tests(df: pd.DataFrame) -> list[str]:
 # --- the rules ----------------------------------------------------------------------------------------------
 
 
-def build_rules(cfg: dict, corpus: Corpus, test_text: list[str]) -> list[Rule]:
+def build_rules(cfg: dict, corpus: Corpus, test_text: list[str], allowed: set[frozenset[str]] = frozenset()
+                ) -> list[Rule]:
     import great_expectations.expectations as gxe
 
     def types(f: str) -> list[str]:
@@ -195,8 +224,9 @@ def build_rules(cfg: dict, corpus: Corpus, test_text: list[str]) -> list[Rule]:
              [gxe.ExpectColumnValuesToBeInSet(column=f"type_of_{f}", value_set=types(f)) for f in FIELDS]),
         Rule("not_null", "manifest", "no manifest field is null",
              [gxe.ExpectColumnValuesToNotBeNull(column=f) for f in FIELDS]),
-        Rule("unique_id", "manifest", "utterance ids are unique within and across parts",
-             [gxe.ExpectColumnValuesToBeUnique(column="id")]),
+        Rule("unique_id", "manifest", "utterance ids are unique within and across parts"
+             + (" (labeled rows may reappear in unlabeled: validate.labeled_in_unlabeled)" if allowed else ""),
+             [gxe.ExpectColumnValuesToBeInSet(column="same_id_in", value_set=[""])]),
         Rule("parts_not_empty", "manifest", f"every part has rows: {', '.join(corpus.parts)}",
              [gxe.ExpectColumnDistinctValuesToContainSet(column="part", value_set=corpus.parts)]),
         Rule("file_exists", "audio", "every audio file exists",
@@ -231,7 +261,8 @@ def build_rules(cfg: dict, corpus: Corpus, test_text: list[str]) -> list[Rule]:
              "no test sentence (normalized) in the unlabeled or labeled data",
              [gxe.ExpectColumnValuesToNotBeInSet(column="training_text", value_set=test_text)]),
         Rule("no_duplicate_audio_across_parts", "leakage",
-             "no identical audio (decoded samples) in two parts",
+             "no identical audio (decoded samples) in two parts"
+             + (" (labeled audio may reappear in unlabeled: validate.labeled_in_unlabeled)" if allowed else ""),
              [gxe.ExpectColumnValuesToBeInSet(column="same_audio_in", value_set=[""])]),
         Rule("no_held_out_speaker_in_labeled", "leakage",
              f"no held-out speaker in the labeled data ({len(corpus.held_out_speakers)} declared)",
@@ -341,6 +372,20 @@ def _cell(v: Any) -> str:
     return "" if v is None else str(v).replace("|", "\\|").replace("\n", " ")
 
 
+PAIR_COLUMNS = ("same_audio_in", "same_id_in")  # rules about rows shared between parts
+
+
+def _by_pair(rows: list[dict]) -> dict[str, list[dict]]:
+    """Offending rows grouped by the pair of parts they link (rarest first), or one group for other rules."""
+    groups: dict[str, list[dict]] = {}
+    for row in rows:
+        other = next((row["values"][c] for c in PAIR_COLUMNS if row["values"].get(c)), None)
+        keys = [" & ".join(sorted({row["part"], o})) for o in other.split(",")] if other else ["all"]
+        for key in dict.fromkeys(keys):
+            groups.setdefault(key, []).append(row)
+    return dict(sorted(groups.items(), key=lambda kv: len(kv[1])))
+
+
 def summary_markdown(report: dict, max_rows: int = 10) -> str:
     verdict = "PASSED" if report["passed"] else f"FAILED ({len(report['failed_rules'])} rules)"
     parts = ", ".join(f"{p} {n}" for p, n in report["parts"].items())
@@ -354,13 +399,19 @@ def summary_markdown(report: dict, max_rows: int = 10) -> str:
         r = report["rules"][name]
         lines += ["", f"## {name}: {r['count']} offending rows", "", f"Rule: {r['description']}.", ""]
         lines += [f"Error while checking: {e}" for e in r["errors"]]
+        groups = _by_pair(r["rows"])
+        if len(groups) > 1:  # one leak must not hide another: counts and rows per pair of parts
+            lines += ["By pair of parts: " + "; ".join(f"{g}: {len(rows)}" for g, rows in groups.items()), ""]
         lines += ["| part | line | id | file | values |", "|---|---|---|---|---|"]
-        for row in r["rows"][:max_rows]:
-            values = ", ".join(f"{k}={v!r}" for k, v in row["values"].items())
-            cells = (row["part"], row["line"], row["id"], row["file"], values)
-            lines.append("| " + " | ".join(_cell(x) for x in cells) + " |")
-        if r["count"] > max_rows:
-            lines.append(f"\n... and {r['count'] - max_rows} more rows in report.json")
+        shown: set[int] = set()
+        for rows in groups.values():
+            for row in [x for x in rows if id(x) not in shown][:max_rows]:
+                values = ", ".join(f"{k}={v!r}" for k, v in row["values"].items())
+                cells = (row["part"], row["line"], row["id"], row["file"], values)
+                lines.append("| " + " | ".join(_cell(x) for x in cells) + " |")
+                shown.add(id(row))
+        if r["count"] > len(shown):
+            lines.append(f"\n... and {r['count'] - len(shown)} more rows in report.json")
     return "\n".join(lines) + "\n"
 
 
@@ -369,8 +420,9 @@ def summary_markdown(report: dict, max_rows: int = 10) -> str:
 
 def validate_corpus(corpus: Corpus, cfg: dict, progress: bool = True) -> dict:
     """Run every rule over every part of `corpus` with the `validate` params `cfg`; return the report."""
-    df = add_checks(read_rows(corpus), corpus, workers=cfg.get("workers", 0), progress=progress)
-    rules = build_rules(cfg, corpus, sentences_of_tests(df))
+    allowed = allowed_pairs(cfg, corpus)
+    df = add_checks(read_rows(corpus), corpus, workers=cfg.get("workers", 0), progress=progress, allowed=allowed)
+    rules = build_rules(cfg, corpus, sentences_of_tests(df), allowed)
     return make_report(df, rules, run_expectations(df, rules), corpus, cfg)
 
 

@@ -84,8 +84,8 @@ def illegal_characters(c: Corpus) -> tuple[str, set[str]]:
 
 
 def duplicate_id(c: Corpus) -> tuple[str, set[str]]:
-    edit_row(c, "labeled", "l-001", id="u-000")  # same id as an unlabeled row
-    return "unique_id", {"u-000"}
+    edit_row(c, "test-clean", "t-000", id="l-001")  # same id as a labeled row
+    return "unique_id", {"l-001"}
 
 
 def missing_file(c: Corpus) -> tuple[str, set[str]]:
@@ -180,6 +180,39 @@ def test_corpus_with_one_defect_fails_on_that_rule_naming_row_and_file(tmp_path:
     summary = summary_markdown(report)
     assert f"## {rule}: {len(rows)} offending rows" in summary
     assert rows[0]["file"] in summary
+
+
+def labeled_copied_into_unlabeled(c: Corpus) -> None:
+    """The self-supervised set-up: every labeled utterance is also in the unlabeled pool (same id, same audio)."""
+    rows = c.read("labeled")
+    write_jsonl(c.manifest_path("unlabeled"), c.read("unlabeled") + rows)
+
+
+@pytest.mark.parametrize("mode", ["allow", "auto"])  # auto: allowed for an ingested corpus
+def test_labeled_audio_inside_the_unlabeled_pool_passes_when_allowed(tmp_path: Path, mode: str) -> None:
+    corpus = build_corpus(tmp_path)
+    labeled_copied_into_unlabeled(corpus)
+    report = validate_corpus(corpus, {**VALIDATE_CFG, "labeled_in_unlabeled": mode}, progress=False)
+    assert report["passed"], summary_markdown(report)
+
+
+def test_one_test_leak_is_listed_beside_a_flood_of_labeled_in_unlabeled_rows(tmp_path: Path) -> None:
+    corpus = build_corpus(tmp_path)
+    labeled_copied_into_unlabeled(corpus)
+    shutil.copyfile(audio_of(corpus, "test-clean", "t-000"), audio_of(corpus, "labeled", "l-001"))
+
+    allowed = validate_corpus(corpus, {**VALIDATE_CFG, "labeled_in_unlabeled": "allow"}, progress=False)
+    assert allowed["failed_rules"] == ["no_duplicate_audio_across_parts"]  # audio shared with a test set fails
+    assert {(r["part"], r["id"]) for r in allowed["rules"]["no_duplicate_audio_across_parts"]["rows"]} == {
+        ("labeled", "l-001"), ("unlabeled", "l-001"), ("test-clean", "t-000")}
+
+    forbidden = validate_corpus(corpus, {**VALIDATE_CFG, "labeled_in_unlabeled": "forbid", "report_rows": 1},
+                                progress=False)
+    assert forbidden["failed_rules"] == ["unique_id", "no_duplicate_audio_across_parts"]
+    summary = summary_markdown(forbidden, max_rows=1)
+    section = summary.split("## no_duplicate_audio_across_parts")[1]
+    # the leak into the test set is counted first, not hidden behind the flood
+    assert "By pair of parts: test-clean & unlabeled: 2; labeled & test-clean: 2; labeled & unlabeled: 6" in section
 
 
 def test_missing_manifest_fails_parts_rule_naming_the_manifest(tmp_path: Path) -> None:
