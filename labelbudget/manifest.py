@@ -10,6 +10,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from labelbudget.errors import CorpusNotFoundError
 from labelbudget.io import read_json, read_jsonl, write_json, write_jsonl
 
 FIELDS: dict[str, type | tuple[type, ...]] = {
@@ -80,7 +81,7 @@ class Corpus:
         directory = Path(directory)
         meta_path = directory / "corpus.json"
         if not meta_path.exists():
-            raise FileNotFoundError(f"{meta_path}: no corpus description; run the `corpus` stage first")
+            raise CorpusNotFoundError(f"{meta_path}: no corpus description; run the `corpus` stage first")
         meta = read_json(meta_path)
         root = Path(meta["root"])
         if not root.is_absolute():

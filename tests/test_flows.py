@@ -281,6 +281,25 @@ def test_sigterm_to_the_cli_alone_stops_the_run_and_its_stages_within_10_s(prefe
     assert dvc_status(root) == {}
 
 
+def test_a_second_run_at_once_waits_for_the_first_then_finds_everything_done(prefect_api, fresh_toy, tmp_path):
+    root = copy_project(fresh_toy, tmp_path / "toy")
+    env = {**os.environ, "PREFECT_API_URL": prefect_api, "TOY_SLEEP": "1"}
+    first = subprocess.Popen([sys.executable, "-c", f"from labelbudget.orchestrate.flows import experiment; "
+                              f"experiment(root={str(root)!r}, concurrency=2)"], env=env,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while not (root / "attempts.log").exists():
+            assert first.poll() is None and time.monotonic() < deadline, "the first run ended before it started"
+            time.sleep(0.1)
+        second = run(root)
+        assert first.poll() == 0  # the second returned only once the first had finished
+    finally:
+        first.wait(timeout=120)
+    assert set(second["stages"].values()) == {UP_TO_DATE}
+    assert sorted(timeline(root)) == sorted(set(timeline(root)))  # every stage ran once
+
+
 def test_a_known_error_is_not_retried_and_the_last_good_outputs_come_back(completed, tmp_path):
     root = copy_project(completed.root, tmp_path / "toy")
     (root / "attempts.log").unlink()
