@@ -276,7 +276,11 @@ def test_sigterm_to_the_cli_alone_stops_the_run_and_its_stages_within_10_s(prefe
     left = subprocess.run(["pgrep", "-f", "step.py finetune"], capture_output=True, text=True).stdout.split()
     assert not left, "a stage process outlived the run"
     assert "finetune@a-1" not in locked_stages(root)
-    run(root)  # resumes
+    # resumes (in its own process: DVC logs that it removed the killed run's lock entry, and its log handler
+    # in this process may hold a stream pytest has closed)
+    subprocess.run([sys.executable, "-c", f"from labelbudget.orchestrate.flows import experiment; "
+                    f"experiment(root={str(root)!r}, concurrency=2)"],
+                   env={**env, "TOY_SLEEP": "0.3"}, check=True, capture_output=True)
     assert json.loads((root / "reports" / "metrics.json").read_text()) == completed.metrics
     assert dvc_status(root) == {}
 
