@@ -304,6 +304,23 @@ def test_a_second_run_at_once_waits_for_the_first_then_finds_everything_done(pre
     assert sorted(timeline(root)) == sorted(set(timeline(root)))  # every stage ran once
 
 
+def test_a_corrupted_file_in_the_dvc_cache_is_named_when_outputs_are_restored_from_it(completed, tmp_path):
+    root = copy_project(completed.root, tmp_path / "toy")
+    good = (root / "models" / "a-1" / "model.txt").read_bytes()
+    for f in (root / ".dvc" / "cache" / "files").rglob("*"):
+        if f.is_file() and f.read_bytes() == good:  # bit rot in the cache copy
+            f.chmod(0o644)
+            f.write_bytes(b"rotten\n")
+    with open(root / "step.py", "a") as f:  # new code: every stage runs again
+        f.write("# changed\n")
+    (root / ".fail-always").mkdir()
+    (root / ".fail-always" / "finetune-a-1").touch()
+    with pytest.raises(Exception, match=r"finetune@a-1 failed: .*; and finetune@a-1: models/a-1 came from the "
+                                        r"DVC cache but no longer match their recorded hashes: the cache copy is "
+                                        r"corrupted"):
+        run(root, retries=0)
+
+
 def test_a_known_error_is_not_retried_and_the_last_good_outputs_come_back(completed, tmp_path):
     root = copy_project(completed.root, tmp_path / "toy")
     (root / "attempts.log").unlink()

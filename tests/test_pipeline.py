@@ -124,3 +124,68 @@ def test_every_param_a_stage_reads_is_declared_in_dvc_yaml(smoke_project):
         undeclared = [k for k in r["keys"] if k not in allowed
                       and not any(k == d or k.startswith(d + ".") for d in keys)]
         assert not undeclared, f"stage {name} reads params it does not declare in dvc.yaml: {undeclared}"
+
+
+# Stages killed with SIGKILL part-way, in this order (each after its upstream finished), with a delay drawn
+# from a seeded generator: the rerun must end with the same outputs as the uninterrupted run.
+KILLED = ["corpus", "pretrain@small", "extract@small", "finetune@small-1-0", "evaluate@small-1-0"]
+
+
+def kill_partway(project: Path, stage: str, delay: float) -> bool:
+    """Start `dvc repro -s stage`, SIGKILL its whole process group after `delay` s; True if it was running."""
+    import signal
+    import time
+
+    proc = subprocess.Popen(["dvc", "repro", "-s", stage], cwd=project, env=ENV, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    time.sleep(delay)
+    running = proc.poll() is None
+    if running:
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    return running
+
+
+def lock_md5(project: Path) -> dict[str, str]:
+    import yaml
+
+    stages = yaml.safe_load((project / "dvc.lock").read_text())["stages"]
+    return {out["path"]: out["md5"] for s in stages.values() for out in s.get("outs", [])}
+
+
+@pytest.mark.slow
+def test_kill_9_at_random_points_then_rerun_gives_the_uninterrupted_outputs(smoke_project, tmp_path):
+    import random
+
+    import torch
+
+    from labelbudget.orchestrate.dag import load_dag
+
+    project = copy_project(tmp_path / "project")
+    run(["labelbudget", "profile", "smoke"], project)
+    dag = load_dag(project)
+    rng = random.Random(0)
+    interrupted = []
+    for stage in KILLED:
+        for up in dag.stages[stage].upstream:
+            run(["dvc", "repro", up], project)
+        if kill_partway(project, stage, delay=rng.uniform(1.0, 6.0)):
+            interrupted.append(stage)
+        run(["dvc", "repro", "-s", stage], project)  # the rerun, over whatever the kill left
+    run(["dvc", "repro"], project)
+    assert len(interrupted) >= 4, f"only {interrupted} were still running when killed"
+
+    want, got = lock_md5(smoke_project), lock_md5(project)
+    for path in ("data/corpus", "data/subsets", "data/features/small", "data/features/fbank"):
+        assert got[path] == want[path], path
+    for model in ("models/pretrain/small/model.pt", "models/finetune/small-1-0/model.pt"):
+        a, b = (torch.load(p / model, map_location="cpu", weights_only=False) for p in (smoke_project, project))
+        weights = [k for k in a if isinstance(a[k], dict) and any(torch.is_tensor(v) for v in a[k].values())]
+        for k in weights:
+            for name, tensor in a[k].items():
+                assert torch.equal(tensor, b[k][name]), f"{model}: {k}.{name}"
+    hyps = "results/eval/small-1-0/hyps.jsonl"
+    assert (project / hyps).read_bytes() == (smoke_project / hyps).read_bytes()
+    assert not list(project.rglob(".*.tmp")), "a killed stage's temporary files were left behind"
+    status = subprocess.run(["dvc", "status", "--json"], cwd=project, capture_output=True, text=True, check=True)
+    assert json.loads(status.stdout) == {}

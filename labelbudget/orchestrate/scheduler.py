@@ -145,6 +145,26 @@ def restore_outputs(root: str, stage: str) -> bool:
     return proc.returncode == 0
 
 
+def corrupted_outputs(root: str, stage: str) -> list[str]:
+    """Outputs of `stage` checked out from the DVC cache whose content no longer matches the recorded hash (DVC
+    copies a cache file without re-hashing it; `dvc status` notices)."""
+    import json
+
+    proc = subprocess.run([sys.executable, "-m", "dvc", "--wait-for-lock", "status", "--json", stage], cwd=root,
+                          stdin=subprocess.DEVNULL, capture_output=True, text=True)
+    try:
+        entries = json.loads(proc.stdout or "{}").get(stage, [])
+    except json.JSONDecodeError:
+        return []
+    return sorted(path for e in entries if isinstance(e, dict)
+                  for path, why in e.get("changed outs", {}).items() if why in ("not in cache", "modified"))
+
+
+def _corruption(stage: str, paths: list[str]) -> str:
+    return (f"{stage}: {', '.join(paths)} came from the DVC cache but no longer match their recorded hashes: the "
+            "cache copy is corrupted. Delete the output and its file under .dvc/cache, then run again")
+
+
 def interrupted() -> bool:
     return _stop.is_set()
 
@@ -200,7 +220,11 @@ def repro_stage(root: str, stage: str, concurrency: int = 1) -> dict[str, Any]:
         logger.error("%s", failure.tail)
         raise failure
     logger.info("%s", "\n".join(output.strip().splitlines()[-40:]))
-    return {"outcome": _outcome(output), "start": start, "end": time.time()}
+    outcome = _outcome(output)
+    bad = corrupted_outputs(root, stage) if outcome == CACHED else []
+    if bad:  # restored from the run-cache: trust, but verify before a later stage reads it
+        raise StageFailed(stage, None, _corruption(stage, bad), False, "a corrupted cache fails the same way", "")
+    return {"outcome": outcome, "start": start, "end": time.time()}
 
 
 def verdict(changed: bool, upstream_outcomes: list[str]) -> str | None:
@@ -288,7 +312,11 @@ def _run_dag(dag: Dag, concurrency: int, retries: int, retry_delay_s: float) -> 
                             if isinstance(exc, StageFailed) else str(done.state.message or done.state.name))
             # a failed gate keeps its report (the thing to read); any other stage gets its last good outputs back
             if dag.stages[name].group not in GATES and restore_outputs(root, name):
-                logger.warning("%s failed; its last good outputs are back from the DVC cache", name)
+                bad = corrupted_outputs(root, name)
+                if bad:
+                    errors[name] += "; and " + _corruption(name, bad)
+                else:
+                    logger.warning("%s failed; its last good outputs are back from the DVC cache", name)
             logger.error("stage %s failed: %s", name, errors[name])
     for name in pending:  # interrupted (or, impossible in a DAG, a stage whose upstream never ended)
         status[name] = INTERRUPTED if _stop.is_set() else BLOCKED
