@@ -1,4 +1,5 @@
-"""Stage `pretrain@<size>`: self-supervised pretraining (BEST-RQ or HuBERT-style targets) of one encoder size."""
+"""Stage `pretrain@<size>`: self-supervised pretraining (BEST-RQ or HuBERT-style targets) of one encoder size,
+with a linear phone probe every `probe.pretrain.every` updates when the corpus has phone alignments."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from pathlib import Path
 
 from labelbudget.config import configure_threads, load_params
 from labelbudget.pretraining import pretrain
+from labelbudget.probe import PretrainingProbe
 from labelbudget.ssl import NonFiniteLossError
 
 
@@ -20,7 +22,8 @@ def main(argv: list[str] | None = None) -> None:
     params = load_params()
     configure_threads()
     try:
-        summary = pretrain(args.size, params, args.out or Path("models/pretrain") / args.size, args.corpus)
+        summary = pretrain(args.size, params, args.out or Path("models/pretrain") / args.size, args.corpus,
+                           monitor=PretrainingProbe.from_params(params, args.corpus))
     except NonFiniteLossError as e:
         raise SystemExit(f"pretrain@{args.size} failed: {e}") from None
     if summary:
