@@ -66,8 +66,8 @@ def fit_linear(x: torch.Tensor, y: torch.Tensor, num_classes: int, max_iter: int
     Zero-initialised and RNG-free, so that a probe inside pretraining never moves the training's random stream."""
     mean, std = x.mean(0), x.std(0).clamp_min(1e-4)
     xs = (x - mean) / std
-    w = torch.zeros(x.shape[1], num_classes, requires_grad=True)
-    b = torch.zeros(num_classes, requires_grad=True)
+    w = torch.zeros(x.shape[1], num_classes, device=x.device, requires_grad=True)
+    b = torch.zeros(num_classes, device=x.device, requires_grad=True)
     opt = torch.optim.LBFGS([w, b], lr=1.0, max_iter=max_iter, history_size=10, line_search_fn="strong_wolfe")
 
     def closure() -> torch.Tensor:
@@ -81,13 +81,15 @@ def fit_linear(x: torch.Tensor, y: torch.Tensor, num_classes: int, max_iter: int
     return mean, std, w.detach(), b.detach()
 
 
-def probe_layers(train: Frames, tests: Mapping[str, Frames], layers: list[int], max_iter: int) -> dict:
-    """Fit one probe per layer on `train`, score it on each of `tests`: the metrics the stage writes."""
+def probe_layers(train: Frames, tests: Mapping[str, Frames], layers: list[int], max_iter: int,
+                 device: torch.device | str = "cpu") -> dict:
+    """Fit one probe per layer on `train`, score it on each of `tests`: the metrics the stage writes. On a GPU
+    (`device`) the fits cost milliseconds: what keeps the pretraining monitor cheap there."""
     classes = sorted(set(train.labels) | {phones.SIL})
     index = {c: k for k, c in enumerate(classes)}
 
     def encode(labels: np.ndarray) -> torch.Tensor:  # -1: a phone unseen in training, never predicted
-        return torch.tensor([index.get(c, -1) for c in labels], dtype=torch.long)
+        return torch.tensor([index.get(c, -1) for c in labels], dtype=torch.long, device=device)
 
     y = encode(train.labels)
     ys = {t: encode(f.labels) for t, f in tests.items()}
@@ -103,11 +105,13 @@ def probe_layers(train: Frames, tests: Mapping[str, Frames], layers: list[int], 
                  "unseen_frames": {t: float((v < 0).float().mean()) if len(v) else 0.0 for t, v in ys.items()},
                  "chance": scores({t: int((v == majority).sum()) for t, v in ys.items()}), "accuracy": {}}
     for k, layer in enumerate(layers):
-        mean, std, w, b = fit_linear(torch.from_numpy(train.x[:, k].astype(np.float32)), y, len(classes),
-                                     max_iter)
+        def tensor(x: np.ndarray) -> torch.Tensor:
+            return torch.from_numpy(x.astype(np.float32)).to(device)
+
+        mean, std, w, b = fit_linear(tensor(train.x[:, k]), y, len(classes), max_iter)
 
         def predict(x: np.ndarray, mean=mean, std=std, w=w, b=b) -> torch.Tensor:
-            return (((torch.from_numpy(x.astype(np.float32)) - mean) / std) @ w + b).argmax(-1)
+            return (((tensor(x) - mean) / std) @ w + b).argmax(-1)
 
         acc = scores({t: int((predict(f.x[:, k]) == ys[t]).sum()) for t, f in tests.items()})
         acc["train"] = float((predict(train.x[:, k]) == y).float().mean())
@@ -212,5 +216,5 @@ class PretrainingProbe:
         finally:
             encoder.train(was_training)
         train, held_out = Frames.collect(*split[False], rate), Frames.collect(*split[True], rate)
-        result = probe_layers(train, {"held_out": held_out}, list(range(len(hidden))), self.max_iter)
+        result = probe_layers(train, {"held_out": held_out}, list(range(len(hidden))), self.max_iter, device)
         return {"probe/phone_acc": result["best"], "probe/best_layer": float(result["best_layer"])}
