@@ -66,6 +66,7 @@ class Espeak:
             raise RuntimeError("espeak-ng failed to initialise (espeakng-loader data path not found)")
         self._chunks: list[np.ndarray] = []
         self._events: list[tuple[str, int]] = []  # phoneme events of the current synthesis
+        self._error: Exception | None = None
         self._cb = _CALLBACK(self._on_audio)  # keep a reference: ctypes must not free it
         self.lib.espeak_SetSynthCallback(self._cb)
         self.lib.espeak_Synth.argtypes = [
@@ -74,14 +75,18 @@ class Espeak:
         ]
 
     def _on_audio(self, wav, n, events) -> int:
-        if n > 0:
-            self._chunks.append(np.ctypeslib.as_array(wav, shape=(n,)).copy())
-        k = 0
-        while events and events[k].type != EVENT_LIST_TERMINATED:
-            e = events[k]
-            if e.type == EVENT_PHONEME:  # ctypes reads the char[8] up to its zero byte (or all 8)
-                self._events.append((e.id.string.decode(), int(e.sample)))
-            k += 1
+        try:
+            if n > 0:
+                self._chunks.append(np.ctypeslib.as_array(wav, shape=(n,)).copy())
+            k = 0
+            while events and events[k].type != EVENT_LIST_TERMINATED:
+                e = events[k]
+                if e.type == EVENT_PHONEME:  # ctypes reads the char[8] up to its zero byte (or all 8)
+                    self._events.append((e.id.string.decode(), int(e.sample)))
+                k += 1
+        except Exception as err:  # ctypes would print and drop it: audio or labels would go missing silently
+            self._error = err
+            return 1  # abort the synthesis
         return 0
 
     def synthesize(self, text: str, voice: str, rate: int = 175, pitch: int = 50) -> np.ndarray:
@@ -94,10 +99,12 @@ class Espeak:
             raise ValueError(f"espeak-ng has no voice named {voice!r}")
         self.lib.espeak_SetParameter(RATE, int(rate), 0)
         self.lib.espeak_SetParameter(PITCH, int(pitch), 0)
-        self._chunks, self._events = [], []
+        self._chunks, self._events, self._error = [], [], None
         buf = text.encode()
         self.lib.espeak_Synth(buf, len(buf) + 1, 0, POS_CHARACTER, 0, ESPEAK_CHARS_UTF8, None, None)
         self.lib.espeak_Synchronize()
+        if self._error is not None:
+            raise RuntimeError(f"espeak-ng synthesis callback failed on {text!r}: {self._error!r}")
         if not self._chunks:
             return np.zeros(0, dtype=np.float32), []
         wav = np.concatenate(self._chunks).astype(np.float32) / 32768.0
@@ -110,7 +117,8 @@ class Espeak:
             raise ValueError(f"espeak-ng has no voice named {voice!r}")
         self.lib.espeak_TextToPhonemes.restype = ctypes.c_char_p
         self.lib.espeak_TextToPhonemes.argtypes = [ctypes.POINTER(ctypes.c_char_p), ctypes.c_int, ctypes.c_int]
-        ptr = ctypes.c_char_p(text.encode())
+        buf = text.encode()  # kept alive while espeak advances the pointer through it
+        ptr = ctypes.c_char_p(buf)
         out: list[str] = []
         while ptr.value:  # bits 8-23 of phonememode: the separator between phoneme names (a space)
             out += self.lib.espeak_TextToPhonemes(ctypes.byref(ptr), ESPEAK_CHARS_UTF8, ord(" ") << 8).decode().split()

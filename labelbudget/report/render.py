@@ -82,7 +82,9 @@ def probe_markdown(probe: dict) -> list[str]:
              "A linear softmax classifier per layer on single frames, fitted on a fixed labeled subset "
              "(`probe.train_utterances`), scored on every test frame (weights: each test set's share of frames). "
              "Layer 0 is the input embedding (log-mel for fbank); chance: always the most frequent training "
-             "class. Best layer in bold.", "",
+             "class. Best layer in bold. A single fbank frame sees 25 ms of audio, an encoder frame (100 -> 25 Hz "
+             "convolutions, convolutional positions) hundreds of ms even at layer 0: a random encoder can beat "
+             "fbank here through context alone; compare trained encoders with `random`.", "",
              "| upstream | chance | " + " | ".join(f"layer {k}" for k in range(depth)) + " | best layer |",
              "|---" * (depth + 3) + "|"]
     for u, pr in probe.items():
