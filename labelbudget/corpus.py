@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from labelbudget import audio
+from labelbudget import audio, phones
 from labelbudget.manifest import Corpus, write_manifest
 
 ACCENTS = ["en-US", "en", "en-GB-x-rp", "en-029", "en-GB-scotland", "en-GB-x-gbclan", "en-GB-x-gbcwmd", "en-US-nyc"]
@@ -106,7 +106,14 @@ def _render_shard(job: tuple[int, list[dict], str]) -> list[dict]:
     rng = np.random.default_rng(shard_seed)
     rows = []
     for u in utts:
-        wav = audio.resample(tts.synthesize(u["text"], u["voice"], u["rate"], u["pitch"]), tts.sample_rate)
+        raw, segments = tts.synthesize_aligned(u["text"], u["voice"], u["rate"], u["pitch"])
+        wav = audio.resample(raw, tts.sample_rate)
+        # Positions follow the audio to 16 kHz; gain, noise and reverb keep the timing (the room response's
+        # direct path is at lag 0), the telephone band-pass delays it by about a millisecond: negligible
+        # against 10 ms frames.
+        scale = audio.SAMPLE_RATE / tts.sample_rate
+        phones = [[name, min(round(a * scale), len(wav)), min(round(b * scale), len(wav))]
+                  for name, a, b in segments]
         wav = audio.peak_normalize(wav, float(rng.uniform(0.3, 0.8)))
         eff = u["effect"]
         if eff and eff[0] == "noise":
@@ -121,12 +128,13 @@ def _render_shard(job: tuple[int, list[dict], str]) -> list[dict]:
         audio.save(Path(out_dir) / rel, wav)
         rows.append({"id": u["id"], "audio": rel, "duration": round(len(wav) / audio.SAMPLE_RATE, 4),
                      "sample_rate": audio.SAMPLE_RATE, "text": u["text"], "speaker": u["speaker"],
-                     "domain": u["domain"]})
+                     "domain": u["domain"], "phones": phones})
     return rows
 
 
 def synthesize(cfg: SynthConfig, out: Path, progress: Callable[[int], None] | None = None) -> Corpus:
-    """Write audio and manifests of every part under `out` (audio in `out/audio`)."""
+    """Write audio, manifests and phone alignments (labelbudget.phones) of every part under `out` (audio in
+    `out/audio`)."""
     parts = plan(cfg)
     jobs, owners = [], []
     for part, utts in parts.items():
@@ -145,6 +153,8 @@ def synthesize(cfg: SynthConfig, out: Path, progress: Callable[[int], None] | No
                     held_out_speakers=HELD_OUT_VOICES, source="synth")
     for part, r in rows.items():
         write_manifest(corpus.manifest_path(part), r)
+        phones.write_part(out, part, {row["id"]: row["phones"] for row in r})
+    phones.write_index(out, list(rows), "espeak-ng phoneme events", audio.SAMPLE_RATE)
     corpus.save_meta()
     return corpus
 

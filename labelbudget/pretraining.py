@@ -7,6 +7,7 @@ import json
 import shutil
 import time
 from pathlib import Path
+from typing import Protocol
 
 import torch
 
@@ -19,7 +20,17 @@ from labelbudget.ssl import OBJECTIVES, STACK, NonFiniteLossError
 FORMAT = "labelbudget-ssl/1"
 # Keys that change the trained weights; the rest (time cap, checkpoint cadence, devices) may change on resume.
 _SEMANTIC = ("objective", "max_steps", "batch_seconds", "lr", "warmup_steps", "weight_decay", "grad_clip",
-             "mask_prob", "mask_span", "codebook_size", "codebook_dim", "kmeans_clusters", "kmeans_utterances")
+             "mask_prob", "mask_span", "codebook_size", "codebook_dim", "kmeans_clusters", "kmeans_utterances",
+             "reconstruction_weight")
+
+
+class Monitor(Protocol):
+    """A periodic measurement of the encoder being trained (e.g. labelbudget.probe.PretrainingProbe): called on
+    rank 0 every `every` updates and once at the end; its values go to every logger (history.csv, W&B)."""
+
+    every: int
+
+    def __call__(self, encoder: torch.nn.Module) -> dict[str, float]: ...
 
 
 def resolve_precision(setting: str) -> str:
@@ -37,9 +48,10 @@ def fingerprint(cfg: EncoderConfig, p: dict, seed: int, manifest: Path) -> str:
 
 
 def pretrain(size: str, params: dict, out: Path, corpus_dir: Path = Path("data/corpus"),
-             fail_at_step: int | None = None) -> dict:
+             fail_at_step: int | None = None, monitor: Monitor | None = None) -> dict:
     """Train `size` and export `out/model.pt`. Checkpoints in `out/checkpoints` are resumed when they belong
-    to the same configuration and data; otherwise they are discarded. `fail_at_step` simulates a crash (tests)."""
+    to the same configuration and data; otherwise they are discarded. `fail_at_step` simulates a crash (tests).
+    `monitor`'s last values and the share of the training time it took land in the summary."""
     import lightning as L
     from lightning.pytorch.callbacks import Callback, ModelCheckpoint
     from lightning.pytorch.loggers import CSVLogger
@@ -90,6 +102,30 @@ def pretrain(size: str, params: dict, out: Path, corpus_dir: Path = Path("data/c
             if fail_at_step is not None and trainer.global_step == fail_at_step:
                 raise RuntimeError(f"simulated crash at step {fail_at_step}")
 
+    class Monitoring(Callback):
+        """Runs `monitor` outside the training step; it must not touch the training's random stream, so an
+        exact resume stays exact."""
+
+        seconds, last, last_step, trained = 0.0, {}, -1, False
+
+        def measure(self, trainer, pl_module) -> None:
+            t = time.time()
+            self.last = monitor(pl_module.encoder)
+            self.seconds += time.time() - t
+            self.last_step = trainer.global_step
+            for lg in trainer.loggers:  # directly: a value logged between log_every_n_steps would be dropped
+                lg.log_metrics(self.last, step=trainer.global_step)
+
+        def on_train_batch_end(self, trainer, pl_module, *_):
+            self.trained = True
+            if trainer.is_global_zero and trainer.global_step % monitor.every == 0:
+                self.measure(trainer, pl_module)
+
+        def on_train_end(self, trainer, pl_module):
+            if trainer.is_global_zero and self.trained and self.last_step != trainer.global_step:
+                self.measure(trainer, pl_module)  # stopped by the time cap between two measurements
+
+    monitoring = Monitoring() if monitor is not None else None
     loggers = [CSVLogger(str(out / "logs"), name="", version="")]
     run = None
     if params.get("wandb", {}).get("mode", "offline") != "disabled" and rank_zero_only.rank == 0:
@@ -103,7 +139,7 @@ def pretrain(size: str, params: dict, out: Path, corpus_dir: Path = Path("data/c
         use_distributed_sampler=False, logger=loggers, enable_model_summary=False,
         log_every_n_steps=max(1, min(10, p["max_steps"] // 10)),
         callbacks=[ModelCheckpoint(dirpath=ckpt_dir, every_n_train_steps=p["checkpoint_every"], save_last=True,
-                                   save_top_k=0), CrashAt()],
+                                   save_top_k=0), CrashAt(), *([monitoring] if monitoring else [])],
     )
     start = time.time()
     hist = out / "logs" / "metrics.csv"
@@ -127,6 +163,10 @@ def pretrain(size: str, params: dict, out: Path, corpus_dir: Path = Path("data/c
     trained_now = bool(metrics)
     if not trained_now and (out / "history.csv").exists():
         metrics = last_logged(out / "history.csv")  # resumed at the end: nothing trained in this process
+    if monitoring is not None and monitoring.last:
+        metrics.update(monitoring.last)
+        metrics["monitor_seconds"] = round(monitoring.seconds, 2)
+        metrics["monitor_share"] = round(monitoring.seconds / max(wall, 1e-9), 4)  # of the wall time of fit
     summary = {"size": size, "steps": trainer.global_step, "wall_seconds": round(wall, 1),
                "parameters": count_parameters(module.encoder), "objective": p["objective"], **metrics}
     export(module, size, p["objective"], trainer.global_step, out / "model.pt")
@@ -136,14 +176,14 @@ def pretrain(size: str, params: dict, out: Path, corpus_dir: Path = Path("data/c
     return summary
 
 
-def last_logged(history: Path) -> dict[str, float]:
-    """The last logged value of every `train/` column of a Lightning CSV log."""
+def last_logged(history: Path, prefixes: tuple[str, ...] = ("train/", "probe/")) -> dict[str, float]:
+    """The last logged value of every `train/` (and monitor) column of a Lightning CSV log."""
     import csv
 
     out: dict[str, float] = {}
     with open(history, newline="") as f:
         for row in csv.DictReader(f):
-            out.update({k: float(v) for k, v in row.items() if k.startswith("train/") and v not in ("", None)})
+            out.update({k: float(v) for k, v in row.items() if k.startswith(prefixes) and v not in ("", None)})
     return out
 
 

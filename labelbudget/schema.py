@@ -20,7 +20,7 @@ from labelbudget.errors import ParamsError
 TEST_SETS = ("in_domain", "unseen_accents", "noisy", "reverb", "telephone", "rate_extremes")  # corpus.TEST_SETS
 # Options each built-in upstream kind takes beside `kind` and `source`; a kind added as a module takes any.
 KIND_OPTIONS = {"ssl": {"size"}, "random": {"size"}, "fbank": set(), "hf": {"model", "normalize", "revision"}}
-OWN_SECTIONS = {"corpus", "upstreams", "pretrain", "extract", "finetune", "evaluate", "report"}
+OWN_SECTIONS = {"corpus", "upstreams", "pretrain", "extract", "probe", "finetune", "evaluate", "report"}
 PRECISIONS = ("auto", "32", "32-true", "16-mixed", "bf16-mixed", "bf16-true", "64", "64-true")
 
 Positive = Annotated[float, Field(gt=0)]
@@ -165,6 +165,7 @@ class Pretrain(Section):
     codebook_dim: PositiveInt
     kmeans_clusters: Annotated[int, Field(ge=2)]
     kmeans_utterances: PositiveInt
+    reconstruction_weight: NonNegative = 0.0
     precision: Literal[PRECISIONS] | Literal[16, 32, 64]  # type: ignore[valid-type]
     checkpoint_every: PositiveInt
     devices: PositiveInt | Literal["auto"] = 1
@@ -186,6 +187,18 @@ class Extract(Section):
         if not ok:
             raise ValueError("must be 'all' or a non-empty list of layer numbers >= 0, e.g. [2, 3]")
         return v
+
+
+class ProbeMonitor(Section):
+    every: NonNegativeInt  # 0: off
+    utterances: Annotated[int, Field(ge=4)]  # 3/4 fit, 1/4 score
+    max_iter: PositiveInt
+
+
+class Probe(Section):
+    train_utterances: PositiveInt
+    max_iter: PositiveInt
+    pretrain: ProbeMonitor
 
 
 class Finetune(Section):
@@ -256,6 +269,7 @@ class Params(Section):
     features: Features
     pretrain: Pretrain
     extract: Extract
+    probe: Probe
     finetune: Finetune
     evaluate: Evaluate
     report: Report

@@ -27,7 +27,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from labelbudget import audio
+from labelbudget import audio, phones
 from labelbudget.errors import CorpusError, CorpusNotFoundError
 from labelbudget.io import read_jsonl
 from labelbudget.manifest import TEST_PREFIX, Corpus, inside, write_manifest
@@ -43,7 +43,8 @@ Reader = Callable[[Path, str, bool], list[dict]]
 
 
 def ingest(source: str, cfg: dict, out: Path) -> Corpus:
-    """Write `out/manifests/<part>.jsonl` and `out/corpus.json` for a real corpus; return the Corpus."""
+    """Write `out/manifests/<part>.jsonl`, `out/corpus.json` and an empty `out/phones/index.json` (no
+    alignments) for a real corpus; return the Corpus."""
     readers: dict[str, Reader] = {"librispeech": _librispeech, "commonvoice": _commonvoice,
                                   "manifest": _manifest}
     if source not in readers:
@@ -73,6 +74,7 @@ def ingest(source: str, cfg: dict, out: Path) -> Corpus:
     corpus.held_out_speakers = (sorted(speakers_in_tests) if held_out == "tests"
                                 else [str(s) for s in held_out])
     corpus.save_meta()
+    phones.write_index(out, [], None)  # no phone alignments: the phone probe is skipped
     if unreadable:
         print(f"warning: {unreadable} audio file(s) are missing or unreadable; the validate stage lists them",
               file=sys.stderr)

@@ -156,6 +156,10 @@ def make_ssl_module(cfg: EncoderConfig, p: dict, seed: int, quantizer: nn.Module
             self.encoder = Encoder(cfg)
             self.quantizer = quantizer or bestrq_targets([], None, p, cfg.n_mels, seed)
             self.head = nn.Linear(cfg.dim, self.quantizer.num_targets)
+            # TERA-style dense term: every masked frame also predicts its own (normalised) log-mel frames, a
+            # low-variance target beside the discrete one. Off (no parameters) at weight 0.
+            self.recon_weight = float(p.get("reconstruction_weight", 0.0))
+            self.recon = nn.Linear(cfg.dim, STACK * cfg.n_mels) if self.recon_weight > 0 else None
             self._t0 = time.time()
 
         def configure_optimizers(self):
@@ -188,9 +192,15 @@ def make_ssl_module(cfg: EncoderConfig, p: dict, seed: int, quantizer: nn.Module
             in_mask = mask.repeat_interleave(STACK, dim=1)[:, : feats.shape[1], None]
             masked = torch.where(in_mask, 0.1 * torch.randn_like(feats), feats)
             hidden, _ = self.encoder(masked, flens)
-            logits = self.head(self.encoder.final_norm(hidden[-1]))
+            top = self.encoder.final_norm(hidden[-1])
+            logits = self.head(top)
             m = mask[:, : logits.shape[1]]
             loss = F.cross_entropy(logits[m].float(), targets[m])
+            recon = None
+            if self.recon is not None:
+                stacked = stack_frames(feats, t_out)[:, : logits.shape[1]]
+                recon = F.l1_loss(self.recon(top)[m].float(), stacked[m].float())
+                loss = loss + self.recon_weight * recon
             with torch.no_grad():
                 acc = (logits[m].argmax(-1) == targets[m]).float().mean()
                 valid_mask = length_mask(out_len, t_out)
@@ -201,6 +211,8 @@ def make_ssl_module(cfg: EncoderConfig, p: dict, seed: int, quantizer: nn.Module
                          "train/target_ppl": ppl, "train/mask_share": m.float().sum() / valid_mask.sum(),
                          "train/padding_share": 1 - lengths.sum() / (lengths.max() * len(lengths)),
                          "train/audio_seconds": lengths.sum() / 16000.0}
+                if recon is not None:
+                    stats["train/reconstruction_l1"] = recon.detach()
             return loss, stats
 
         def training_step(self, batch, _idx):

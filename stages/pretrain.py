@@ -1,4 +1,5 @@
-"""Stage `pretrain@<size>`: self-supervised pretraining (BEST-RQ or HuBERT-style targets) of one encoder size."""
+"""Stage `pretrain@<size>`: self-supervised pretraining (BEST-RQ or HuBERT-style targets) of one encoder size,
+with a linear phone probe every `probe.pretrain.every` updates when the corpus has phone alignments."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from pathlib import Path
 from labelbudget.config import configure_threads, load_params
 from labelbudget.errors import run_stage
 from labelbudget.pretraining import pretrain
+from labelbudget.probe import PretrainingProbe
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -20,7 +22,8 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     params = load_params()
     configure_threads()
-    summary = pretrain(args.size, params, args.out or Path("models/pretrain") / args.size, args.corpus)
+    summary = pretrain(args.size, params, args.out or Path("models/pretrain") / args.size, args.corpus,
+                       monitor=PretrainingProbe.from_params(params, args.corpus))
     if summary:
         print(json.dumps(summary, indent=2))
 

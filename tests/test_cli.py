@@ -117,7 +117,7 @@ def test_labelbudget_set_writes_what_dvc_exp_run_set_writes(tmp_path):
     subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True)
     subprocess.run([*git, "add", "-A"], cwd=tmp_path, check=True)
     subprocess.run([*git, "commit", "-qm", "init"], cwd=tmp_path, check=True)
-    sets = ["profile=smoke", "finetune.lr=0.02", "~upstreams.random"]
+    sets = ["profile=smoke", "finetune.lr=0.02", "~upstreams.random", "report.control=null"]
     subprocess.run([sys.executable, "-m", "dvc", "exp", "run", *(a for s in sets for a in ("-S", s))],
                    cwd=tmp_path, check=True, capture_output=True)
     by_dvc = yaml.safe_load((tmp_path / "params.yaml").read_text())

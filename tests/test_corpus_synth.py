@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import hashlib
 
+import numpy as np
 import pytest
 import soundfile as sf
 
+from labelbudget import phones
 from labelbudget.corpus import HELD_OUT_VOICES, LABELED_VOICES, SynthConfig, plan, synthesize
-from labelbudget.synth import text_split
+from labelbudget.synth import Espeak, segments_from_events, text_split
 
 TESTS = ["in_domain", "unseen_accents", "noisy", "reverb", "telephone", "rate_extremes"]
 
@@ -64,3 +66,55 @@ def test_each_part_draws_its_own_domain():
 def test_unknown_test_set_is_named():
     with pytest.raises(ValueError, match="whispered"):
         plan(SynthConfig(unlabeled_hours=0.01, labeled_hours=0.01, test_utterances=1, test_sets=["whispered"]))
+
+
+def test_phone_segments_lie_inside_each_utterance_in_time_order(corpus):
+    for part in corpus.parts:
+        aligned = phones.read_part(corpus.dir, part)
+        rows = corpus.read(part)
+        assert set(aligned) == {r["id"] for r in rows}
+        for r in rows:
+            n = sf.info(str(corpus.audio_path(r))).frames
+            segs = aligned[r["id"]]
+            assert segs, r["id"]
+            bounds = [x for _, a, b in segs for x in (a, b)]
+            assert bounds == sorted(bounds), f"{r['id']}: segments overlap or are out of order"
+            assert 0 <= bounds[0] and bounds[-1] <= n, f"{r['id']}: a segment lies outside the audio"
+            assert all(b >= a for _, a, b in segs)  # espeak folds some /l/ after a vowel into it: zero length
+
+
+def test_phone_labels_are_the_phonemes_espeak_gives_for_the_text(corpus):
+    tts = Espeak()
+    for part in corpus.parts:
+        aligned = phones.read_part(corpus.dir, part)
+        for r in corpus.read(part):
+            assert [p for p, _, _ in aligned[r["id"]]] == tts.text_to_phonemes(r["text"], r["speaker"]), r["id"]
+
+
+def test_phones_cover_the_speech_of_clean_utterances_at_16k(corpus):
+    """Positions refer to the 16 kHz audio: almost all energy of a clean utterance lies inside its phones
+    (positions left at espeak's 22.05 kHz would overrun the audio and miss most of its end)."""
+    aligned = phones.read_part(corpus.dir, "labeled")
+    for r in corpus.read("labeled"):
+        wav, _ = sf.read(str(corpus.audio_path(r)), dtype="float32")
+        inside = np.zeros(len(wav), bool)
+        for _, a, b in aligned[r["id"]]:
+            inside[a:b] = True
+        energy = np.square(wav.astype(np.float64))
+        assert energy[inside].sum() > 0.98 * energy.sum(), r["id"]
+        assert aligned[r["id"]][-1][2] > 0.9 * len(wav)
+
+
+def test_pauses_end_the_previous_phone_and_become_gaps():
+    events = [("h", 10), ("@", 30), ("_", 50), ("l", 70), ("_:", 90)]
+    assert segments_from_events(events, 100) == [("h", 10, 30), ("@", 30, 50), ("l", 70, 90)]
+
+
+def test_frame_labels_take_the_phone_at_each_frame_centre_and_sil_elsewhere():
+    segs = [["'aI", 1600, 3200], ["t", 3200, 4000]]  # 0.1-0.2 s, 0.2-0.25 s at 16 kHz
+    labels = phones.frame_labels(segs, 30, frame_rate=100.0)
+    assert list(labels[:10]) == ["sil"] * 10
+    assert list(labels[10:20]) == ["aI"] * 10  # stress mark dropped: one class per phone
+    assert list(labels[20:25]) == ["t"] * 5 and list(labels[25:]) == ["sil"] * 5
+    # 25 Hz: centres at 0, 640, ..., 4480 samples
+    assert list(phones.frame_labels(segs, 8, frame_rate=25.0)) == ["sil"] * 3 + ["aI"] * 2 + ["t"] * 2 + ["sil"]

@@ -72,6 +72,15 @@ def run(root: Path, **kwargs):
     return experiment(root=str(root), **kwargs)
 
 
+def run_in_process_of_its_own(root: Path, env: dict[str, str]) -> dict:
+    """The flow in a new process: after a killed run, DVC logs that it removed the dead process' lock entry, and
+    its log handler in this process may hold a stream an earlier test's capture has closed (DVC then raises)."""
+    code = (f"import json; from labelbudget.orchestrate.flows import experiment; "
+            f"print('RESULT=' + json.dumps(experiment(root={str(root)!r}, concurrency=4, retry_delay_s=0)))")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
+    return json.loads(next(line for line in out.splitlines() if line.startswith("RESULT="))[7:])
+
+
 def copy_project(src: Path, dst: Path) -> Path:
     shutil.copytree(src, dst, symlinks=True)
     return dst
@@ -241,7 +250,7 @@ def test_interrupted_flow_resumes_where_it_stopped_with_the_same_metrics(
     assert "report" not in done
     seen = len(timeline(root))
 
-    result = run(root)
+    result = run_in_process_of_its_own(root, env)
     rerun = set(timeline(root)[seen:])
     assert not rerun & {label(s) for s in done}, "a stage that had completed ran again"
     assert rerun | {label(s) for s in done} == set(completed.timeline)
@@ -276,11 +285,8 @@ def test_sigterm_to_the_cli_alone_stops_the_run_and_its_stages_within_10_s(prefe
     left = subprocess.run(["pgrep", "-f", "step.py finetune"], capture_output=True, text=True).stdout.split()
     assert not left, "a stage process outlived the run"
     assert "finetune@a-1" not in locked_stages(root)
-    # resumes (in its own process: DVC logs that it removed the killed run's lock entry, and its log handler
-    # in this process may hold a stream pytest has closed)
-    subprocess.run([sys.executable, "-c", f"from labelbudget.orchestrate.flows import experiment; "
-                    f"experiment(root={str(root)!r}, concurrency=2)"],
-                   env={**env, "TOY_SLEEP": "0.3"}, check=True, capture_output=True)
+    # resumes
+    run_in_process_of_its_own(root, {**env, "TOY_SLEEP": "0.3"})
     assert json.loads((root / "reports" / "metrics.json").read_text()) == completed.metrics
     assert dvc_status(root) == {}
 

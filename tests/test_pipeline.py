@@ -54,13 +54,24 @@ def test_dvc_repro_writes_every_stage_output(smoke_project):
         assert (p / f"models/pretrain/{size}/model.pt").exists()
     for up in ("small", "large", "fbank", "random"):
         assert (p / f"data/features/{up}/upstream.json").exists()
+    # the phone probe: every layer of every upstream scored, fbank well above the majority class
+    probes = {up: json.loads((p / f"results/probe/{up}/metrics.json").read_text())
+              for up in ("small", "large", "fbank", "random")}
+    assert {up: len(r["accuracy"]) for up, r in probes.items()} == {"small": 3, "large": 3, "fbank": 1, "random": 3}
+    assert probes["fbank"]["best"] > 2 * probes["fbank"]["chance"]["weighted"]
+    for size in ("small", "large"):  # the monitor during pretraining, in the history and the summary
+        pm = json.loads((p / f"models/pretrain/{size}/metrics.json").read_text())
+        assert 0 < pm["probe/phone_acc"] <= 1 and "probe/phone_acc" in (p / f"models/pretrain/{size}/history.csv"
+                                                                         ).read_text()
     metrics = json.loads((p / "reports/metrics.json").read_text())
+    assert set(metrics["phone_probe"]) == {"small", "large", "fbank", "random"}
     assert set(metrics["findings"].values()) <= {"holds", "does not hold", "inconclusive", "invalid"}
     # the downstream converges: every run stopped by patience, none hit max_steps or stayed all-blank
     conv = metrics["converged_runs"]
     assert conv["runs"] == 8 and conv["converged"] >= 0.9 * conv["runs"] and conv["valid"] is True
-    assert (p / "reports/results.md").read_text().strip()
-    assert list((p / "reports/figures").glob("*.png"))
+    assert "## Linear phone probe" in (p / "reports/results.md").read_text()
+    assert (p / "reports/figures/phone_probe.png").exists()
+    assert len((p / "reports/phone_probe.csv").read_text().splitlines()) == 1 + 3 + 3 + 1 + 3
 
 
 @pytest.mark.slow
@@ -85,7 +96,7 @@ def test_wandb_offline_runs_hold_pretraining_metrics(smoke_project):
     assert len(logs) == 2 + 8 + 1
     # Offline runs keep history and summary only in their binary log, where keys are stored as plain strings
     pretraining = [d for d in logs if b"pretrain" in d and b"train/loss" in d]
-    assert len(pretraining) == 2 and all(b"train/masked_acc" in d for d in pretraining)
+    assert len(pretraining) == 2 and all(b"train/masked_acc" in d and b"probe/phone_acc" in d for d in pretraining)
     assert sum(b"test/in_domain/wer" in d for d in logs) >= 8  # every finetune's summary
 
 
@@ -169,11 +180,11 @@ def test_kill_9_at_random_points_then_rerun_gives_the_uninterrupted_outputs(smok
     for stage in KILLED:
         for up in dag.stages[stage].upstream:
             run(["dvc", "repro", up], project)
-        if kill_partway(project, stage, delay=rng.uniform(1.0, 6.0)):
+        if kill_partway(project, stage, delay=rng.uniform(0.5, 4.0)):
             interrupted.append(stage)
         run(["dvc", "repro", "-s", stage], project)  # the rerun, over whatever the kill left
     run(["dvc", "repro"], project)
-    assert len(interrupted) >= 4, f"only {interrupted} were still running when killed"
+    assert len(interrupted) >= 3, f"only {interrupted} were still running when killed"
 
     want, got = lock_md5(smoke_project), lock_md5(project)
     for path in ("data/corpus", "data/subsets"):

@@ -221,3 +221,35 @@ def test_budget_names_spell_the_params_value_as_dvc_does(spelled, name):
     assert budget_name(spelled) == name
     assert RunKey.of("small", spelled, 1).name == f"small-{name}-1"
     assert subset_file(spelled, 1) == f"{name}min-seed1.txt"
+
+
+def probe_fixture(root: Path) -> None:
+    """fbank: one layer; large: three, the middle one best; random: skipped (no alignments)."""
+    def probe(accs: list[float]) -> dict:
+        best = max(range(len(accs)), key=accs.__getitem__)
+        return {"layers": list(range(len(accs))), "chance": {"weighted": 0.1, "tests": {"A": 0.1, "B": 0.1}},
+                "accuracy": {str(k): {"weighted": a, "tests": {"A": a, "B": a}, "train": a}
+                             for k, a in enumerate(accs)}, "best_layer": best, "best": accs[best]}
+
+    write_json(root / "results/probe/fbank/metrics.json", {"upstream": "fbank", **probe([0.45])})
+    write_json(root / "results/probe/large/metrics.json", {"upstream": "large", **probe([0.40, 0.55, 0.50])})
+    write_json(root / "results/probe/random/metrics.json", {"upstream": "random", "skipped": "no alignments"})
+
+
+def test_report_shows_phone_accuracy_per_layer_with_the_best_layer_marked(tmp_path, fixture_params, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    fixture_params["wandb"] = {"project": "labelbudget-test", "group": "test", "mode": "disabled"}
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    probe_fixture(tmp_path)
+    R.make_report(fixture_params, Path("results/eval"), Path("models/pretrain"), Path("reports"),
+                  Path("results/probe"))
+    md = (tmp_path / "reports/results.md").read_text()
+    assert "| upstream | chance | layer 0 | layer 1 | layer 2 | best layer |" in md
+    assert "| large | 0.100 | 0.400 | **0.550** | 0.500 | 1 |" in md
+    assert "| fbank | 0.100 | **0.450** |  |  | 0 |" in md
+    assert "| random |" in md and "skipped: no alignments" in md
+    assert (tmp_path / "reports/figures/phone_probe.png").stat().st_size > 10_000
+    metrics = json.loads((tmp_path / "reports/metrics.json").read_text())
+    assert metrics["phone_probe"]["large"] == {"best_layer": 1, "accuracy": 0.55, "chance": 0.1}
+    csv = (tmp_path / "reports/phone_probe.csv").read_text().splitlines()
+    assert csv[0].startswith("upstream,layer,accuracy,chance,best") and len(csv) == 1 + 1 + 3

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from corpora import SR, VALIDATE_CFG, build_corpus, build_librispeech, sentence, tone, write_audio
 
-from labelbudget import audio, sources
+from labelbudget import audio, phones, sources
 from labelbudget.audio import AudioDecodeError
 from labelbudget.errors import CorpusError
 from labelbudget.manifest import FIELDS, Corpus, write_manifest
@@ -179,6 +179,9 @@ def test_csv_and_jsonl_manifests_become_manifests(tmp_path: Path) -> None:
                                                "domain": "test"}
     assert corpus.read("unlabeled")[0]["text"] == ""
     assert Corpus.load(tmp_path / "corpus").held_out_speakers == ["bob"]
+    # no phone alignments: an index naming no part (the probe is skipped), no side file
+    assert all(phones.read_part(corpus.dir, part) is None for part in corpus.parts)
+    assert [f.name for f in (corpus.dir / "phones").iterdir()] == ["index.json"]
 
 
 def test_manifest_without_audio_column_names_the_file_and_row(tmp_path: Path) -> None:

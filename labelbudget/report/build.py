@@ -20,9 +20,11 @@ from labelbudget.report.render import write_report
 from labelbudget.runs import budget_name
 
 
-def build(eval_dir: str | Path, cfg: ReportConfig, pretraining: Mapping[str, dict] | None = None) -> dict:
+def build(eval_dir: str | Path, cfg: ReportConfig, pretraining: Mapping[str, dict] | None = None,
+          probe: Mapping[str, dict] | None = None) -> dict:
     """Everything the report writes, as one dict (numbers only; files are written by `write_report`).
-    `pretraining`: size -> pretraining metrics; when given, a missing or non-finite one invalidates findings."""
+    `pretraining`: size -> pretraining metrics; when given, a missing or non-finite one invalidates findings.
+    `probe`: upstream -> its phone probe (labelbudget.probe), shown beside the findings, judged by none."""
     runs = load_runs(eval_dir, cfg)
     agg = aggregate(runs, cfg)
     reps = agg.pop("replicates")
@@ -44,12 +46,15 @@ def build(eval_dir: str | Path, cfg: ReportConfig, pretraining: Mapping[str, dic
             "findings": findings(table, reps, cfg, metric, health), "match": match, "health": health,
             "converged": {"runs": total, "converged": converged,
                           "valid": total > 0 and converged >= cfg.min_converged * total},
-            "pretraining": dict(pretraining or {}), "weights_source": M.weights_description(cfg.weights)}
+            "pretraining": dict(pretraining or {}), "probe": dict(probe or {}),
+            "weights_source": M.weights_description(cfg.weights)}
 
 
-def make_report(params: dict, eval_dir: Path, pretrain_dir: Path, out: Path) -> dict:
+def make_report(params: dict, eval_dir: Path, pretrain_dir: Path, out: Path, probe_dir: Path | None = None
+                ) -> dict:
     """Aggregate every evaluation under `eval_dir` into the report under `out` (see the stage's docstring),
-    with the pretraining diagnostics of `pretrain_dir/<size>/`; log it to a W&B run when params has `wandb`."""
+    with the pretraining diagnostics of `pretrain_dir/<size>/` and the phone probes of `probe_dir/<upstream>/`;
+    log it to a W&B run when params has `wandb`."""
     from labelbudget import tracking
 
     cfg = ReportConfig.from_params(params)
@@ -57,7 +62,9 @@ def make_report(params: dict, eval_dir: Path, pretrain_dir: Path, out: Path) -> 
     # a size whose pretraining is missing or non-finite makes every finding about it invalid.
     pretraining = {s: read_json(pretrain_dir / s / "metrics.json") for s in params.get("ssl_sizes", [])
                    if (pretrain_dir / s / "metrics.json").exists()}
-    result = build(eval_dir, cfg, pretraining)
+    probe = {u: read_json(probe_dir / u / "metrics.json") for u in cfg.upstreams
+             if probe_dir is not None and (probe_dir / u / "metrics.json").exists()}
+    result = build(eval_dir, cfg, pretraining, probe)
     paths = write_report(result, cfg, out)
     histories = {s: pretrain_dir / s / "history.csv" for s in result["pretraining"]
                  if (pretrain_dir / s / "history.csv").exists()}
@@ -76,8 +83,10 @@ def make_report(params: dict, eval_dir: Path, pretrain_dir: Path, out: Path) -> 
                                 config={"upstreams": cfg.upstreams, "budgets_min": cfg.budgets_min,
                                         "seeds": cfg.seeds, "judged_on": result["judged_on"]})
         try:
-            run.log({"sample_efficiency": wandb.Table(dataframe=pd.read_csv(paths["curve_csv"])),
-                     "per_test_set": wandb.Table(dataframe=pd.read_csv(paths["per_test_csv"])),
+            tables = {k: pd.read_csv(paths[f]) for k, f in (("sample_efficiency", "curve_csv"),
+                                                             ("per_test_set", "per_test_csv"),
+                                                             ("phone_probe", "probe_csv"))}
+            run.log({**{k: wandb.Table(dataframe=df) for k, df in tables.items() if len(df)},
                      **{f"figures/{p.stem}": wandb.Image(str(p)) for p in paths.values() if p.suffix == ".png"}})
             tracking.set_summary(run, {f"finding/{k}": f["verdict"] for k, f in result["findings"].items()})
             if result["match"]:

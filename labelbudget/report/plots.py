@@ -1,4 +1,5 @@
-"""The report's figures: error against labeled hours per upstream, per test set, and pretraining curves."""
+"""The report's figures: error against labeled hours per upstream, per test set, pretraining curves and the phone
+probe per layer."""
 
 from __future__ import annotations
 
@@ -64,6 +65,37 @@ def plot_per_test(result: dict, cfg: ReportConfig, metric: str, path: str | Path
     _save(fig, path)
 
 
+def plot_probe(probe: Mapping[str, dict], path: str | Path) -> bool:
+    """Phone probe accuracy against layer, one line per upstream (its best layer starred, its chance dotted)."""
+    probe = {u: pr for u, pr in probe.items() if "accuracy" in pr}
+    if not probe:
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for i, (u, pr) in enumerate(probe.items()):
+        color = f"C{i}"
+        layers = sorted(int(k) for k in pr["accuracy"])
+        accs = [pr["accuracy"][str(k)]["weighted"] for k in layers]
+        if len(layers) == 1:  # one hidden state (fbank): a level to compare every layer of the others with
+            ax.axhline(accs[0], linestyle="--", color=color, label=f"{u} (one layer)")
+        else:
+            ax.plot(layers, accs, marker="o", color=color, label=u)
+        ax.plot([pr["best_layer"]], [pr["best"]], marker="*", markersize=16, color=color)
+        ax.axhline(pr["chance"]["weighted"], color=color, linestyle=":", linewidth=1)
+    ax.set_xlabel("layer (0: input embedding)")
+    ax.set_ylabel("phone frame accuracy (weighted over test sets)")
+    ax.set_title("Linear phone probe per layer (star: best layer, dotted: majority class)")
+    ax.xaxis.get_major_locator().set_params(integer=True)
+    ax.grid(True, alpha=0.3)
+    ax.legend(title="upstream")
+    _save(fig, path)
+    return True
+
+
 def _save(fig, path: str | Path) -> None:
     import matplotlib.pyplot as plt
 
@@ -76,7 +108,8 @@ def _save(fig, path: str | Path) -> None:
 
 
 def plot_pretraining(histories: Mapping[str, Path], path: str | Path) -> bool:
-    """Loss, masked accuracy and target usage against updates, one line per SSL size (Lightning CSV logs)."""
+    """Loss, masked accuracy, target usage (and the phone probe, when monitored) against updates, one line per
+    SSL size (Lightning CSV logs)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -84,10 +117,12 @@ def plot_pretraining(histories: Mapping[str, Path], path: str | Path) -> bool:
     import pandas as pd
 
     panels = [("train/loss", "loss"), ("train/masked_acc", "masked accuracy"), ("train/target_usage", "target usage")]
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    frames = {size: pd.read_csv(csv) for size, csv in histories.items()}
+    if any("probe/phone_acc" in df for df in frames.values()):
+        panels.append(("probe/phone_acc", "phone probe (held-out, best layer)"))
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.4 * len(panels), 3.6))
     drawn = False
-    for size, csv in histories.items():
-        df = pd.read_csv(csv)
+    for size, df in frames.items():
         for ax, (col, title) in zip(axes, panels, strict=True):
             if col in df:
                 d = df[["step", col]].dropna()

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from labelbudget.report.aggregate import METRICS, ReportConfig
-from labelbudget.report.plots import plot_curves, plot_per_test
+from labelbudget.report.plots import plot_curves, plot_per_test, plot_probe
 from labelbudget.runs import budget_name
 
 
@@ -40,6 +40,20 @@ def per_test_rows(result: dict, cfg: ReportConfig) -> list[dict]:
     return rows
 
 
+PROBE_COLUMNS = ["upstream", "layer", "accuracy", "chance", "best"]
+
+
+def probe_rows(result: dict) -> list[dict]:
+    """Long table of the phone probes: one row per (upstream, layer), weighted and per test set accuracy."""
+    rows = []
+    for u, pr in result.get("probe", {}).items():
+        for layer, acc in pr.get("accuracy", {}).items():
+            rows.append({"upstream": u, "layer": int(layer), "accuracy": acc["weighted"],
+                         "chance": pr["chance"]["weighted"], "best": int(layer) == pr["best_layer"],
+                         **{f"accuracy_{t}": v for t, v in acc["tests"].items()}})
+    return rows
+
+
 def metrics_summary(result: dict) -> dict:
     """The DVC metrics file: seed means per upstream and budget, findings, the matching hours."""
     out: dict[str, Any] = {"judged_on": result["judged_on"], "weights": result["weights_source"],
@@ -52,7 +66,39 @@ def metrics_summary(result: dict) -> dict:
     if result["match"]:
         out["match_hours"] = result["match"]["hours"]
         out["match_ratio"] = result["match"]["ratio"]
+    probes = {u: pr for u, pr in result.get("probe", {}).items() if "accuracy" in pr}
+    if probes:
+        out["phone_probe"] = {u: {"best_layer": pr["best_layer"], "accuracy": round(pr["best"], 4),
+                                  "chance": round(pr["chance"]["weighted"], 4)} for u, pr in probes.items()}
     return out
+
+
+def probe_markdown(probe: dict) -> list[str]:
+    """Phone accuracy per layer and upstream, the best layer of each in bold (empty without probes)."""
+    if not probe:
+        return []
+    depth = max((len(pr.get("layers", [])) for pr in probe.values()), default=0)
+    lines = ["", "## Linear phone probe (frame accuracy, weighted over test sets)", "",
+             "A linear softmax classifier per layer on single frames, fitted on a fixed labeled subset "
+             "(`probe.train_utterances`), scored on every test frame (weights: each test set's share of frames). "
+             "Layer 0 is the input embedding (log-mel for fbank); chance: always the most frequent training "
+             "class. Best layer in bold. A single fbank frame sees 25 ms of audio, an encoder frame (100 -> 25 Hz "
+             "convolutions, convolutional positions) hundreds of ms even at layer 0: a random encoder can beat "
+             "fbank here through context alone; compare trained encoders with `random`.", "",
+             "| upstream | chance | " + " | ".join(f"layer {k}" for k in range(depth)) + " | best layer |",
+             "|---" * (depth + 3) + "|"]
+    for u, pr in probe.items():
+        if "accuracy" not in pr:
+            lines.append(f"| {u} | " + " | ".join(["n/a"] * (depth + 1)) + f" | skipped: {pr.get('skipped')} |")
+            continue
+        cells = []
+        for k in range(depth):
+            acc = pr["accuracy"].get(str(k))
+            cells.append("" if acc is None else (f"**{acc['weighted']:.3f}**" if k == pr["best_layer"]
+                                                 else f"{acc['weighted']:.3f}"))
+        lines.append(f"| {u} | {pr['chance']['weighted']:.3f} | " + " | ".join(cells)
+                     + f" | {pr['best_layer']} |")
+    return lines
 
 
 def _fmt(v: float | None, pct: bool = False) -> str:
@@ -139,21 +185,23 @@ def results_markdown(result: dict, cfg: ReportConfig, figures: Sequence[str]) ->
                          f"| {tr.get('stopped_at_max', 'n/a')} | {tr.get('degenerate', 0)} "
                          f"| {_fmt(tr.get('best_dev_cer'))} "
                          f"| {weights} |")
+    lines += probe_markdown(result.get("probe", {}))
     if result.get("pretraining"):
         lines += ["", "## SSL pretraining (evidence for the premise F0)", "",
                   "| size | parameters | updates | wall (s) | final loss | masked accuracy | target usage "
-                  "| target perplexity |", "|---|---|---|---|---|---|---|---|"]
+                  "| target perplexity | phone probe (held-out, best layer) |", "|---|---|---|---|---|---|---|---|---|"]
         for size, pm in result["pretraining"].items():
             lines.append(f"| {size} | {pm.get('parameters', 0) / 1e6:.1f}M | {pm.get('steps', 'n/a')} "
                          f"| {pm.get('wall_seconds', 'n/a')} | {_fmt(pm.get('train/loss'))} "
                          f"| {_fmt(pm.get('train/masked_acc'))} | {_fmt(pm.get('train/target_usage'))} "
-                         f"| {pm.get('train/target_ppl', float('nan')):.0f} |")
+                         f"| {pm.get('train/target_ppl', float('nan')):.0f} | {_fmt(pm.get('probe/phone_acc'))} |")
     lines += ["", "## Figures", ""] + [f"- [{Path(f).name}]({f})" for f in figures] + [""]
     return "\n".join(lines)
 
 
 def write_report(result: dict, cfg: ReportConfig, out_dir: str | Path) -> dict[str, Path]:
-    """reports/metrics.json, runs.json, results.md, sample_efficiency.csv, per_test_set.csv, figures/*.png."""
+    """reports/metrics.json, runs.json, results.md, sample_efficiency.csv, per_test_set.csv, phone_probe.csv
+    (when there are probes), figures/*.png."""
     import pandas as pd
 
     from labelbudget.io import write_json, write_text
@@ -165,6 +213,12 @@ def write_report(result: dict, cfg: ReportConfig, out_dir: str | Path) -> dict[s
     for m in METRICS:
         plot_curves(result, cfg, m, paths[f"curve_{m}"])
     plot_per_test(result, cfg, result["judged_on"], paths["per_test"])
+    if plot_probe(result.get("probe", {}), figs / "phone_probe.png"):
+        paths["probe"] = figs / "phone_probe.png"
+    rows = probe_rows(result)
+    paths["probe_csv"] = out / "phone_probe.csv"  # header only when no upstream has a probe: a stable DVC out
+    write_text(paths["probe_csv"], (pd.DataFrame(rows) if rows else pd.DataFrame(columns=PROBE_COLUMNS)
+                                    ).to_csv(index=False))
     paths["metrics"] = out / "metrics.json"
     write_json(paths["metrics"], metrics_summary(result))
     paths["runs"] = out / "runs.json"
