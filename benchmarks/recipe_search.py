@@ -32,6 +32,10 @@ RECIPES: dict[str, dict] = {
     "lr5e-4+recon": {"lr": 5e-4, "warmup_steps": 100, "reconstruction_weight": 1.0},
     "hubert+lr5e-4+recon": {"objective": "hubert", "lr": 5e-4, "warmup_steps": 100, "reconstruction_weight": 1.0},
     "lr2e-4+recon": {"lr": 2e-4, "warmup_steps": 100, "reconstruction_weight": 1.0},
+    "hubert+lr5e-4": {"objective": "hubert", "lr": 5e-4, "warmup_steps": 100},
+    "hubert+lr1e-3+recon": {"objective": "hubert", "lr": 1e-3, "warmup_steps": 150, "reconstruction_weight": 1.0},
+    "hubert+lr5e-4+recon+short": {"objective": "hubert", "lr": 5e-4, "warmup_steps": 100,
+                                  "reconstruction_weight": 1.0, "batch_seconds": 12},
 }
 
 

@@ -88,3 +88,15 @@ def test_encoder_stops_at_the_highest_requested_layer():
     feats, lens = LogMel(40)(torch.randn(1, 16000), torch.tensor([16000]))
     hidden, _ = enc(normalize(feats, lens), lens, max_layer=1)
     assert len(hidden) == 2 and len(calls) == 1
+
+
+def test_the_reconstruction_term_adds_the_masked_frames_l1_to_the_loss_and_nothing_at_weight_0():
+    wav, lengths = torch.randn(2, 16000), torch.tensor([16000, 12000])
+    plain = make_ssl_module(CFG, P, seed=0)
+    assert plain.recon is None and not any("recon" in n for n, _ in plain.named_parameters())
+    with_recon = make_ssl_module(CFG, {**P, "reconstruction_weight": 2.0}, seed=0)
+    with_recon.load_state_dict(plain.state_dict(), strict=False)  # same encoder, same discrete head
+    base, _ = plain.ssl_loss(wav, lengths, step=0)
+    total, stats = with_recon.ssl_loss(wav, lengths, step=0)
+    assert stats["train/reconstruction_l1"] > 0
+    assert torch.allclose(total, base + 2.0 * stats["train/reconstruction_l1"], atol=1e-5)
