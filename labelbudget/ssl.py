@@ -129,6 +129,11 @@ def kmeans_targets(rows: list[dict], corpus: Corpus, p: dict, n_mels: int, seed:
         feats = normalize(feats, flens)
         frames.append(stack_frames(feats, int(subsampled_lengths(flens)[0]))[0])
     allf = torch.cat(frames)
+    bad = int((~torch.isfinite(allf).all(1)).sum())
+    if bad:
+        raise NonFiniteLossError(f"k-means targets: {bad} of {len(allf)} non-finite log-mel frames in the "
+                                 f"unlabeled sample ({len(pick)} utterances): corrupt audio; the validate stage "
+                                 "names files that do not decode")
     if len(allf) > 50_000:  # plenty for k <= 1024; keeps the fit to seconds
         allf = allf[torch.randperm(len(allf), generator=g)[:50_000]]
     return KMeansQuantizer(KMeansQuantizer.fit(allf, p["kmeans_clusters"], seed=seed))
