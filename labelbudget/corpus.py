@@ -16,12 +16,12 @@ import numpy as np
 
 from labelbudget import audio, phones
 from labelbudget.manifest import Corpus, write_manifest
+from labelbudget.schema import TEST_SETS
 
 ACCENTS = ["en-US", "en", "en-GB-x-rp", "en-029", "en-GB-scotland", "en-GB-x-gbclan", "en-GB-x-gbcwmd", "en-US-nyc"]
 VARIANTS = [f"m{i}" for i in range(1, 9)] + [f"f{i}" for i in range(1, 6)] + ["klatt", "klatt2", "klatt3"]
 LABELED_VOICES = [f"{a}+{v}" for a in ("en-US", "en", "en-GB-x-rp") for v in ("m1", "m2", "m3", "f1", "f2")]
 HELD_OUT_VOICES = [f"{a}+{v}" for a in ("en-029", "en-GB-scotland", "en-US-nyc") for v in ("m5", "m6", "f3", "f4")]
-TEST_SETS = ["in_domain", "unseen_accents", "noisy", "reverb", "telephone", "rate_extremes"]
 AVG_UTTERANCE_S = 3.5  # planning estimate only; manifests carry the measured durations
 
 

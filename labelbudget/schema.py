@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from labelbudget.errors import ParamsError
 
-TEST_SETS = ("in_domain", "unseen_accents", "noisy", "reverb", "telephone", "rate_extremes")  # corpus.TEST_SETS
+TEST_SETS = ("in_domain", "unseen_accents", "noisy", "reverb", "telephone", "rate_extremes")  # synthesized domains
 # Options each built-in upstream kind takes beside `kind` and `source`; a kind added as a module takes any.
 KIND_OPTIONS = {"ssl": {"size"}, "random": {"size"}, "fbank": set(), "hf": {"model", "normalize", "revision"}}
 OWN_SECTIONS = {"corpus", "upstreams", "pretrain", "extract", "probe", "finetune", "evaluate", "report"}

@@ -134,9 +134,10 @@ def allowed_pairs(cfg: dict, corpus: Corpus) -> set[frozenset[str]]:
     return {frozenset((corpus.labeled, corpus.unlabeled))} if allow else set()
 
 
-def _shared_with(keys: list, parts: list[str], allowed: set[frozenset[str]]) -> list[str | None]:
-    """Per row: the other parts holding the same key (its own part too if the key repeats in it), comma-joined;
-    pairs in `allowed` do not count. None where the key is missing."""
+def _shared_with(keys: list, parts: list[str], allowed: set[frozenset[str]], own: bool = True
+                 ) -> list[str | None]:
+    """Per row: the other parts holding the same key (with `own`, its own part too if the key repeats in it),
+    comma-joined; pairs in `allowed` do not count. None where the key is missing."""
     where: dict[Any, list[str]] = {}
     for k, p in zip(keys, parts, strict=True):
         if isinstance(k, str):
@@ -148,7 +149,7 @@ def _shared_with(keys: list, parts: list[str], allowed: set[frozenset[str]]) -> 
             continue
         holders = where[k]
         others = {q for q in holders if q != p and frozenset((p, q)) not in allowed}
-        out.append(",".join(sorted(others | ({p} if holders.count(p) > 1 else set()))))
+        out.append(",".join(sorted(others | ({p} if own and holders.count(p) > 1 else set()))))
     return out
 
 
@@ -192,8 +193,7 @@ def add_checks(df: pd.DataFrame, corpus: Corpus, workers: int = 0, progress: boo
     norm_all = [normalize(t) if t is not None else "" for t in text]
     df["training_text"] = [n if n and not te else None for n, te in zip(norm_all, is_test, strict=True)]
     parts = list(df["part"])
-    df["same_audio_in"] = [None if s is None else ",".join(q for q in s.split(",") if q and q not in (p,))
-                           for s, p in zip(_shared_with(list(df["audio_hash"]), parts, allowed), parts, strict=True)]
+    df["same_audio_in"] = _shared_with(list(df["audio_hash"]), parts, allowed, own=False)
     df["same_id_in"] = _shared_with(list(df["id"]), parts, allowed)
     df["labeled_speaker"] = [s if p == corpus.labeled and isinstance(s, str) else None
                              for s, p in zip(df["speaker"], df["part"], strict=True)]
