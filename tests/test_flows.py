@@ -30,7 +30,7 @@ from toy_project import create_toy_project, write_params  # noqa: E402
 from labelbudget.orchestrate.dag import load_dag  # noqa: E402
 from labelbudget.orchestrate.flows import experiment, sweep  # noqa: E402
 from labelbudget.orchestrate.publish import metrics_markdown  # noqa: E402
-from labelbudget.orchestrate.scheduler import UP_TO_DATE  # noqa: E402
+from labelbudget.orchestrate.scheduler import UP_TO_DATE, classify  # noqa: E402
 
 DVC = [sys.executable, "-m", "dvc"]
 
@@ -364,6 +364,13 @@ def test_dask_task_runner_runs_the_toy_dag(prefect_api, tmp_path):
 
 
 # ------------------------------------------------------------------------------------------ no Prefect run
+
+
+@pytest.mark.parametrize(("exit_code", "retried"), [(-9, True), (137, True), (143, True), (3, False), (1, False),
+                                                    (139, False)])
+def test_only_a_kill_is_retried_whether_the_shell_reports_it_as_a_signal_or_as_128_plus_it(exit_code, retried):
+    output = f"ERROR: failed to reproduce 'x': failed to run: python step.py x, exited with {exit_code}"
+    assert classify("x", output).retry is retried
 
 
 def test_selection_keeps_what_the_targets_need(fresh_toy):

@@ -101,6 +101,7 @@ class StageFailed(RuntimeError):
         return StageFailed, (self.stage, self.code, self.reason, self.retry, self.why, self.tail)
 
 
+_SHELL_REPORTED_KILLS = {signal.SIGKILL, signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
 _RETRYABLE = re.compile(r"MemoryError|OutOfMemoryError|out of memory|Unable to acquire lock|Lock.*(timeout|busy)",
                         re.IGNORECASE)
 
@@ -111,6 +112,8 @@ def classify(stage: str, output: str) -> StageFailed:
     tail = "\n".join(lines[-40:])
     found = re.findall(r"exited with (-?\d+)", output)
     code = int(found[-1]) if found else None
+    if code is not None and code - 128 in _SHELL_REPORTED_KILLS:
+        code = 128 - code  # a shell that did not exec its command reports a kill as 128 + signal
     errors = [ln.removeprefix("error: ") for ln in lines if ln.startswith("error: ")]
     crash = next((ln for ln in reversed(lines) if re.match(r"^\w+(\.\w+)*(Error|Exception|Interrupt)\b", ln)), None)
     dvc_error = next((ln.removeprefix("ERROR: ") for ln in reversed(lines) if ln.startswith("ERROR: ")), None)
