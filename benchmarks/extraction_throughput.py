@@ -1,29 +1,36 @@
-"""Extraction throughput of the stage's path vs a naive extraction, and peak memory at 1x and 2x corpus size.
+"""Extraction throughput: the stage's path against a naive extraction, interleaved, all layers kept.
 
-Stage path: utterances batched by length, only the layers up to the highest kept, bf16 autocast on a GPU,
-float16 output. Naive: one utterance at a time, the full forward through every layer and the SSL head, fp32.
+Naive: one utterance at a time, the full forward through every layer and the SSL head, fp32, every hidden state
+copied out. Stage: `labelbudget.extraction.featurize` as the extract stage calls it (length-bucketed batches,
+only the layers up to the highest kept, float16 output), in fp32 and under the precision `auto` picks here
+(bf16 autocast on a CPU with AMX/AVX512-BF16 or a GPU). Also: the padding share of the stage's batches, the
+agreement of bf16 features with fp32 ones per layer, and (`--rss`) peak memory at 1x and 2x corpus size.
 
-    python benchmarks/extraction_throughput.py                       # CPU, default profile's large model
-    python benchmarks/extraction_throughput.py --device cuda --utterances 2000 --no-rss
+    python benchmarks/extraction_throughput.py                 # CPU, default profile's large model, 5 rounds
+    python benchmarks/extraction_throughput.py --device cuda --utterances 2000
 """
 
 from __future__ import annotations
 
 import argparse
-import json
+import copy
 import subprocess
 import sys
 import tempfile
 import time
 
 import torch
-from common import REPO, load_profile, sync
+from common import REPO, Bench, bench_args, load_profile, median, sync
 
 from labelbudget.batching import bucket_batches, collate_waves
 from labelbudget.encoder import Encoder, EncoderConfig
-from labelbudget.extraction import featurize, resolve_layers
+from labelbudget.extraction import autocast, featurize, resolve_layers, weights_dtype
 from labelbudget.logmel import normalize
+from labelbudget.precision import use_bf16
 from labelbudget.upstreams.ssl import EncoderUpstream
+
+# bf16 keeps 8 mantissa bits: per-layer relative RMS error of the features against fp32 (stated tolerance)
+AGREEMENT_TOLERANCE = 0.03
 
 
 def utterances(n: int, seed: int = 0) -> list[torch.Tensor]:
@@ -32,13 +39,14 @@ def utterances(n: int, seed: int = 0) -> list[torch.Tensor]:
             for _ in range(n)]
 
 
-def stage_path(up: EncoderUpstream, wavs, layers, batch_seconds, device) -> float:
+def stage_path(up: EncoderUpstream, wavs, layers, batch_seconds, device, bf16: bool) -> float:
     durations = [len(w) / 16000 for w in wavs]
     sync(device)
     t = time.perf_counter()
-    for batch in bucket_batches(durations, batch_seconds):
-        wav, lengths = collate_waves([wavs[i] for i in batch])
-        featurize(up, wav, lengths, layers, device)
+    with autocast(device, bf16):  # as extract_part: one bf16 copy of the weights per loop
+        for batch in bucket_batches(durations, batch_seconds):
+            wav, lengths = collate_waves([wavs[i] for i in batch])
+            featurize(up, wav, lengths, layers, device, bf16)
     sync(device)
     return time.perf_counter() - t
 
@@ -56,6 +64,27 @@ def naive_path(up: EncoderUpstream, wavs, head: torch.nn.Linear, device) -> floa
         [h.float().cpu() for h in hidden]
     sync(device)
     return time.perf_counter() - t
+
+
+def padding_share(wavs, batch_seconds: float) -> float:
+    durations = [len(w) / 16000 for w in wavs]
+    padded = sum(len(b) * max(durations[i] for i in b) for b in bucket_batches(durations, batch_seconds))
+    return 1 - sum(durations) / padded
+
+
+def agreement(up: EncoderUpstream, up_bf16: EncoderUpstream, wavs, layers, batch_seconds, device) -> list[float]:
+    """Per kept layer: relative RMS error of bf16-autocast features against fp32 ones."""
+    durations = [len(w) / 16000 for w in wavs]
+    num = torch.zeros(len(layers), dtype=torch.float64)
+    den = torch.zeros(len(layers), dtype=torch.float64)
+    for batch in bucket_batches(durations, batch_seconds):
+        wav, lengths = collate_waves([wavs[i] for i in batch])
+        for a, b in zip(featurize(up, wav, lengths, layers, device, False),
+                        featurize(up_bf16, wav, lengths, layers, device, True), strict=True):
+            a64, b64 = torch.from_numpy(a).double(), torch.from_numpy(b).double()
+            num += (a64 - b64).square().sum((0, 2))
+            den += a64.square().sum((0, 2))
+    return (num / den).sqrt().tolist()
 
 
 RSS_CHILD = """
@@ -90,36 +119,72 @@ def main() -> None:
     ap.add_argument("--profile", default="default")
     ap.add_argument("--size", default="large")
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--utterances", type=int, default=40)
+    ap.add_argument("--utterances", type=int, default=120)
+    ap.add_argument("--rss", action="store_true", help="also peak RSS of extraction at 1x and 2x corpus size")
     ap.add_argument("--rss-utterances", type=int, default=300)
-    ap.add_argument("--no-rss", action="store_true")
-    args = ap.parse_args()
+    args = bench_args(ap).parse_args()
+    bench = Bench("extraction_throughput", args)
     params = load_profile(args.profile)
     device = torch.device(args.device)
+    auto_bf16 = use_bf16(params["extract"].get("precision", "auto"), device)
     cfg = EncoderConfig.from_params(params["models"][args.size], params["features"]["n_mels"])
     torch.manual_seed(0)
     up = EncoderUpstream(args.size, Encoder(cfg), "benchmark").to(device)
     head = torch.nn.Linear(cfg.dim, params["pretrain"]["codebook_size"]).to(device)
     wavs = utterances(args.utterances)
     audio = sum(len(w) for w in wavs) / 16000
+    layers = resolve_layers(params["extract"]["layers"], up)
+    bs = params["extract"]["batch_seconds"]
+    print(f"device {device}, {torch.get_num_threads()} threads; {args.size} encoder ({cfg.layers} layers x "
+          f"{cfg.dim}), layers kept {layers}; {len(wavs)} utterances, {audio:.0f} s of audio; precision auto -> "
+          f"{'bf16' if auto_bf16 else 'fp32'}")
+    up_bf16 = copy.deepcopy(up).to(device, weights_dtype(device, True))  # as extract_part prepares it
     naive_path(up, wavs[:2], head, device)  # warm-up
-    stage_path(up, wavs[:4], [0], params["extract"]["batch_seconds"], device)
-    t_naive = naive_path(up, wavs, head, device)
-    print(f"device {device}; {args.size} encoder ({cfg.layers} layers x {cfg.dim}); {len(wavs)} utterances, "
-          f"{audio:.0f} s of audio")
-    print(f"  naive (1 utt, all layers + head, fp32) {audio / t_naive:10.1f} audio-s/s")
-    for label, setting in (("all layers", params["extract"]["layers"]), ("layers <= L/2", [cfg.layers // 2])):
-        layers = resolve_layers(setting, up)
-        t = stage_path(up, wavs, layers, params["extract"]["batch_seconds"], device)
-        print(f"  stage ({label:13}, batched{', bf16' if device.type == 'cuda' else ''}) "
-              f"{audio / t:10.1f} audio-s/s  -> {t_naive / t:.2f}x naive")
-    if not args.no_rss:
-        small_cfg = {k: v for k, v in cfg.to_dict().items()}
-        p1, b1 = peak_rss(args.rss_utterances, small_cfg)
-        p2, b2 = peak_rss(2 * args.rss_utterances, small_cfg)
+    stage_path(up, wavs[:8], layers, bs, device, False)
+    stage_path(up_bf16, wavs[:8], layers, bs, device, True)
+    # Each round draws new utterances (the same for every path in it): fresh shapes, as in a real extraction,
+    # so kernels compiled for the previous round's shapes cannot flatter either path.
+    rounds = [utterances(args.utterances, seed=1 + r) for r in range(args.pairs)]
+    done = {k: 0 for k in ("naive", "stage_fp32", "stage_bf16")}
+
+    def next_wavs(k: str) -> list[torch.Tensor]:
+        done[k] += 1
+        return rounds[done[k] - 1]
+
+    runs = {"naive": lambda: naive_path(up, next_wavs("naive"), head, device),
+            "stage_fp32": lambda: stage_path(up, next_wavs("stage_fp32"), layers, bs, device, False)}
+    if auto_bf16:
+        runs["stage_bf16"] = lambda: stage_path(up_bf16, next_wavs("stage_bf16"), layers, bs, device, True)
+    secs = bench.interleave(runs)
+
+    stage = "stage_bf16" if auto_bf16 else "stage_fp32"
+    ratios = {k: median([n / s for n, s in zip(secs["naive"], secs[k], strict=True)]) for k in runs if k != "naive"}
+    per_round = [sum(len(w) for w in ws) / 16000 for ws in rounds]
+    rates = {k: median([a / t for a, t in zip(per_round, v, strict=True)]) for k, v in secs.items()}
+    for k in runs:
+        extra = f"  -> {ratios[k]:.2f}x naive (median of per-round ratios)" if k in ratios else ""
+        print(f"  {k:11} {rates[k]:9.1f} audio-s/s{extra}")
+    pad = padding_share(wavs, bs)
+    rel = agreement(up, up_bf16, wavs[:40], layers, bs, device)
+    print(f"  padding share of the stage's batches: {pad:.1%}")
+    print(f"  bf16 vs fp32 features, relative RMS error per layer: {', '.join(f'{x:.4f}' for x in rel)} "
+          f"(tolerance {AGREEMENT_TOLERANCE}: {'ok' if max(rel) <= AGREEMENT_TOLERANCE else 'EXCEEDED'})")
+    figures = {"audio_s_per_s": {k: round(v, 1) for k, v in rates.items()},
+               "ratio_vs_naive": {k: round(v, 3) for k, v in ratios.items()}, "padding_share": round(pad, 4),
+               "bf16_rel_rms_error_per_layer": [round(x, 5) for x in rel],
+               "agreement_tolerance": AGREEMENT_TOLERANCE, "layers_kept": layers, "stage_precision": stage}
+    if args.rss:
+        small_cfg = dict(cfg.to_dict())
+        p1, _ = peak_rss(args.rss_utterances, small_cfg)
+        p2, _ = peak_rss(2 * args.rss_utterances, small_cfg)
         print(f"  peak RSS, extraction of {args.rss_utterances} utts: {p1:.0f} MiB; of "
               f"{2 * args.rss_utterances}: {p2:.0f} MiB (ratio {p2 / p1:.2f}; 1.0 = flat)")
-        print(json.dumps({"rss_1x_mib": p1, "rss_2x_mib": p2}))
+        figures |= {"rss_1x_mib": round(p1), "rss_2x_mib": round(p2)}
+    headline = (f"extraction, {args.size}, all {len(layers)} layers kept: stage ({stage.removeprefix('stage_')}) "
+                f"**{ratios[stage]:.2f}x** naive ({rates[stage]:.0f} vs {rates['naive']:.0f} audio-s/s); fp32 stage "
+                f"{ratios['stage_fp32']:.2f}x; bf16 feature error <= {max(rel):.3f} rel. RMS")
+    bench.save(figures, headline, runs={k: [round(x, 4) for x in v] for k, v in secs.items()},
+               extra={"device": str(device), "utterances": len(wavs), "audio_seconds": round(audio, 1)})
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
 """Feature extraction: any upstream (labelbudget.upstreams) -> cached float16 features.
 
 Asks the upstream only for the layers up to the highest one kept (never an SSL prediction head), batches
-utterances by length, uses the GPU with bf16 autocast when present, and streams one shard at a time to disk so
+utterances by length, runs under bf16 autocast where the hardware has native bf16 (a GPU, or a CPU with AMX /
+AVX512-BF16: `labelbudget.precision`), and streams one shard at a time to disk so
 that peak memory does not grow with the corpus.
 """
 
@@ -21,6 +22,8 @@ from labelbudget.featstore import ShardWriter
 from labelbudget.io import read_json, write_json
 from labelbudget.manifest import Corpus
 from labelbudget.upstreams import Upstream
+
+SHAPE_QUANTUM = 8000  # samples (0.5 s)
 
 
 class NonFiniteFeaturesError(LabelbudgetError, FloatingPointError):
@@ -44,17 +47,35 @@ def resolve_device(setting: str) -> torch.device:
     return torch.device(setting)
 
 
+def weights_dtype(device: torch.device, bf16: bool) -> torch.dtype | None:
+    """Upstream weights for inference: bf16 on a CPU when bf16 is on (faster than autocast alone there)."""
+    return torch.bfloat16 if bf16 and device.type == "cpu" else None
+
+
+def autocast(device: torch.device, bf16: bool) -> torch.autocast:
+    """Wrap a loop of `featurize` calls in this: autocast keeps its bf16 copies of the weights until the outermost
+    context exits, so they are made once per loop instead of once per batch (~7% of CPU extraction)."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
+
+
 @torch.inference_mode()
-def featurize(up: Upstream, wav: torch.Tensor, lengths: torch.Tensor, layers: list[int], device: torch.device
-              ) -> list[np.ndarray]:
+def featurize(up: Upstream, wav: torch.Tensor, lengths: torch.Tensor, layers: list[int], device: torch.device,
+              bf16: bool = False) -> list[np.ndarray]:
     """One padded batch -> per-utterance (frames, layers, dim) float16 arrays."""
+    # Batch lengths rounded up to a multiple of SHAPE_QUANTUM: oneDNN builds kernels per shape, and a corpus of
+    # distinct lengths would build new ones for every batch (~15% of bf16 CPU extraction)
+    wav = torch.nn.functional.pad(wav, (0, -wav.shape[1] % SHAPE_QUANTUM))
     wav, lengths = wav.to(device), lengths.to(device)
-    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+    with autocast(device, bf16):
         hidden, out_len = up.hidden_states(wav, lengths, max_layer=max(layers))
-        stacked = torch.stack([hidden[i] for i in layers], dim=2)
-    stacked = stacked.to(torch.float16).cpu().numpy()
+        stacked = torch.stack([hidden[i] for i in layers], dim=2).to(torch.float16)
+    valid = torch.arange(stacked.shape[1], device=device)[None, :] < out_len[:, None]
+    # NaN or inf anywhere in a frame makes its fp32 sum non-finite (a sum of fp16 values cannot overflow fp32):
+    # one cheap reduction instead of an element-wise isfinite; padding may hold anything
+    finite = torch.isfinite(stacked.sum((2, 3), dtype=torch.float32)) | ~valid
+    bad = (~finite.all(1)).nonzero().flatten().tolist()
+    stacked = stacked.cpu().numpy()
     out = [stacked[b, : int(n)] for b, n in enumerate(out_len.cpu())]
-    bad = [b for b, f in enumerate(out) if not np.isfinite(f).all()]
     if bad:  # a diverged checkpoint, or values beyond float16's range: never cached, never trained on
         raise NonFiniteFeaturesError(f"upstream {up.name!r} ({up.fingerprint[:16]}): non-finite features "
                                      f"(NaN/inf, or beyond float16) for {len(bad)} of {len(out)} utterances "
@@ -63,8 +84,8 @@ def featurize(up: Upstream, wav: torch.Tensor, lengths: torch.Tensor, layers: li
 
 
 def extract_part(up: Upstream, corpus: Corpus, part: str, out: Path, layers: list[int], batch_seconds: float,
-                 shard_utterances: int, device: torch.device, progress: Callable[[float], None] | None = None
-                 ) -> dict:
+                 shard_utterances: int, device: torch.device, progress: Callable[[float], None] | None = None,
+                 bf16: bool = False) -> dict:
     """Extract one part into `out`, resuming complete shards of the same upstream checkpoint and layers."""
     rows = corpus.read(part)
     durations = [r["duration"] for r in rows]
@@ -72,7 +93,8 @@ def extract_part(up: Upstream, corpus: Corpus, part: str, out: Path, layers: lis
     shards = [[rows[i]["id"] for i in order[s : s + shard_utterances]] for s in range(0, len(rows), shard_utterances)]
     plan_hash = hashlib.sha256("\n".join(",".join(s) for s in shards).encode()).hexdigest()
     meta = {"upstream": up.name, "checkpoint_sha256": up.fingerprint, "layers": layers, "dim": up.dim,
-            "frame_rate": up.frame_rate, "dtype": "float16", "num_shards": len(shards), "plan": plan_hash,
+            "frame_rate": up.frame_rate, "dtype": "float16", "compute": "bf16" if bf16 else "fp32",
+            "num_shards": len(shards), "plan": plan_hash,
             "part": part}
     meta_path = out / "meta.json"
     if out.exists() and (not meta_path.exists() or read_json(meta_path) != meta):
@@ -80,7 +102,7 @@ def extract_part(up: Upstream, corpus: Corpus, part: str, out: Path, layers: lis
     out.mkdir(parents=True, exist_ok=True)
     write_json(meta_path, meta)
     by_id = {r["id"]: r for r in rows}
-    up.to(device)
+    up.to(device, weights_dtype(device, bf16))
     done = 0
     for k, ids in enumerate(shards):
         writer = ShardWriter(out, k)
@@ -92,15 +114,17 @@ def extract_part(up: Upstream, corpus: Corpus, part: str, out: Path, layers: lis
             continue
         ds = WaveDataset([str(corpus.audio_path(by_id[i])) for i in ids], [by_id[i]["duration"] for i in ids])
         feats: dict[int, np.ndarray] = {}
-        for batch in bucket_batches(ds.durations, batch_seconds):
-            wav, lengths = collate_waves([ds[j] for j in batch])
-            try:
-                batch_feats = featurize(up, wav, lengths, layers, device)
-            except NonFiniteFeaturesError as e:
-                raise NonFiniteFeaturesError(f"{e} in part {part!r} (e.g. {ds.paths[batch[0]]}); "
-                                             "nothing written for this shard") from None
-            for j, f in zip(batch, batch_feats, strict=True):
-                feats[j] = f
+        with autocast(device, bf16):
+            batches = bucket_batches(ds.durations, batch_seconds)
+            for batch in batches:
+                wav, lengths = collate_waves([ds[j] for j in batch])
+                try:
+                    batch_feats = featurize(up, wav, lengths, layers, device, bf16)
+                except NonFiniteFeaturesError as e:
+                    raise NonFiniteFeaturesError(f"{e} in part {part!r} (e.g. {ds.paths[batch[0]]}); "
+                                                 "nothing written for this shard") from None
+                for j, f in zip(batch, batch_feats, strict=True):
+                    feats[j] = f
         writer.write(ids, [feats[j] for j in range(len(ids))])
         if progress:
             progress(secs)
@@ -115,22 +139,25 @@ def extract_upstream(name: str, params: dict, corpus_dir: Path, out: Path) -> di
     from tqdm import tqdm
 
     from labelbudget import upstreams
+    from labelbudget.precision import use_bf16
 
     p = params["extract"]
     corpus = Corpus.load(corpus_dir)
     up = upstreams.load(name, params)
     layers = resolve_layers(p["layers"], up)
     device = resolve_device(p["device"])
+    bf16 = use_bf16(p.get("precision", "auto"), device)
     parts = [corpus.labeled, *(corpus.test_part(t) for t in corpus.tests)]
     total = sum(r["duration"] for part in parts for r in corpus.read(part))
     start, summary = time.time(), []
-    with tqdm(total=round(total), desc=f"extract {name} on {device}", unit="audio-s") as bar:
+    with tqdm(total=round(total), desc=f"extract {name} on {device}{' (bf16)' if bf16 else ''}", unit="audio-s") as bar:
         for part in parts:
             summary.append(extract_part(up, corpus, part, out / part, layers, p["batch_seconds"],
-                                        p["shard_utterances"], device, progress=bar.update))
+                                        p["shard_utterances"], device, progress=bar.update, bf16=bf16))
     wall = time.time() - start
     info = {"upstream": up.name, "kind": params["upstreams"][name]["kind"], "checkpoint_sha256": up.fingerprint,
-            "layers": layers, "dim": up.dim, "frame_rate": up.frame_rate, "parts": summary,
+            "layers": layers, "dim": up.dim, "frame_rate": up.frame_rate, "compute": "bf16" if bf16 else "fp32",
+            "parts": summary,
             "audio_seconds": round(total, 1), "wall_seconds": round(wall, 1),
             "realtime_factor": round(total / max(wall, 1e-9), 1)}
     write_json(out / "upstream.json", info)

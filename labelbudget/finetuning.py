@@ -78,7 +78,7 @@ def finetune(key: RunKey, params: dict, features: Path, subsets: Path, corpus_di
 
     meta = {**config, "layer_index": layer, "features_layers": labeled.meta["layers"],
             "features_meta": {k: labeled.meta.get(k) for k in ("upstream", "checkpoint_sha256",
-                                                                "frame_rate")}}
+                                                                "frame_rate", "compute")}}
     info = {**meta, "steps": result.steps, "best_step": result.best_step, "best_dev_cer": result.best_dev_cer,
             "left_blank_step": result.left_blank_step, "stopped_early": result.stopped_early,
             "stop_reason": result.stop_reason, "degenerate": result.degenerate,

@@ -179,6 +179,7 @@ class Extract(Section):
     batch_seconds: Positive
     shard_utterances: PositiveInt
     device: Annotated[str, Field(pattern=r"^(auto|cpu|cuda(:\d+)?)$")]
+    precision: Literal["auto", "bf16", "fp32"] = "auto"
 
     @field_validator("layers")
     @classmethod

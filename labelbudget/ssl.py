@@ -190,7 +190,8 @@ def make_ssl_module(cfg: EncoderConfig, p: dict, seed: int, quantizer: nn.Module
             feats = normalize(feats, flens)
             out_len = subsampled_lengths(flens)
             t_out = int(out_len.max())
-            targets = self.quantizer(stack_frames(feats, t_out))
+            with torch.autocast(feats.device.type, enabled=False):  # targets never depend on the precision
+                targets = self.quantizer(stack_frames(feats, t_out))
             mask = span_mask(out_len, p["mask_prob"], p["mask_span"], gen).to(feats.device)
             # Mask the input frames under each masked encoder frame, filled with small noise (BEST-RQ):
             # masking after the front end would leak the frame into its neighbours' convolutions.

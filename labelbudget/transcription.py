@@ -51,7 +51,7 @@ def transcribe_files(model_dir: Path, rows: list[dict], params: dict, batch_seco
     from labelbudget.batching import bucket_batches, collate_waves
     from labelbudget.decoding import make_decoder
     from labelbudget.downstream import FeatureDataset, load_checkpoint, transcribe
-    from labelbudget.extraction import featurize, resolve_device
+    from labelbudget.extraction import autocast, featurize, resolve_device, weights_dtype
 
     model, meta = load_checkpoint(model_dir / "model.pt")
     name = meta["upstream"]
@@ -62,17 +62,20 @@ def transcribe_files(model_dir: Path, rows: list[dict], params: dict, batch_seco
                                  f"({up.fingerprint[:12]} now, {trained_on[:12]} at training); re-run the "
                                  f"pipeline or point params upstreams.{name} at the original")
     dev = resolve_device(device)
-    up.to(dev)
+    # the features the model was trained on: computed under the same autocast (the compute is in their meta)
+    bf16 = (meta.get("features_meta") or {}).get("compute") == "bf16"
+    up.to(dev, weights_dtype(dev, bf16))
     model.to(dev)
     wavs = []
     for r in rows:
         wav, sr = load(r["audio"], mono=True)
         wavs.append(torch.from_numpy(resample(wav, sr) if sr != 16000 else wav).float())
     feats: dict[str, np.ndarray] = {}
-    for batch in bucket_batches([len(w) / 16000 for w in wavs], batch_seconds):
-        wav, lengths = collate_waves([wavs[k] for k in batch])
-        for k, f in zip(batch, featurize(up, wav, lengths, meta["features_layers"], dev), strict=True):
-            feats[rows[k]["id"]] = f
+    with autocast(dev, bf16):
+        for batch in bucket_batches([len(w) / 16000 for w in wavs], batch_seconds):
+            wav, lengths = collate_waves([wavs[k] for k in batch])
+            for k, f in zip(batch, featurize(up, wav, lengths, meta["features_layers"], dev, bf16), strict=True):
+                feats[rows[k]["id"]] = f
     ids = [r["id"] for r in rows]
     decoder = make_decoder(params.get("evaluate", {}).get("decoder", "greedy"))
     hyps = transcribe(model, FeatureDataset(feats, ids, layer=meta["layer_index"]), decoder)

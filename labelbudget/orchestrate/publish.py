@@ -85,7 +85,9 @@ def publish(root: Path, status: dict[str, str], timings: dict[str, tuple[float, 
         for name, outcome in status.items()
     ]
     if timings:
-        write_timings(root, status, timings)
+        from labelbudget.orchestrate.timeline import write_timeline
+
+        write_timeline(root, write_timings(root, status, timings))
     create_markdown_artifact(
         "| stage | outcome | seconds |\n|---|---|---|\n" + "\n".join(rows),
         key="labelbudget-stages",

@@ -195,7 +195,9 @@ def results_markdown(result: dict, cfg: ReportConfig, figures: Sequence[str]) ->
                          f"| {pm.get('wall_seconds', 'n/a')} | {_fmt(pm.get('train/loss'))} "
                          f"| {_fmt(pm.get('train/masked_acc'))} | {_fmt(pm.get('train/target_usage'))} "
                          f"| {pm.get('train/target_ppl', float('nan')):.0f} | {_fmt(pm.get('probe/phone_acc'))} |")
-    lines += ["", "## Figures", ""] + [f"- [{Path(f).name}]({f})" for f in figures] + [""]
+    lines += ["", "## Figures", ""] + [f"- [{Path(f).name}]({f})" for f in figures]
+    lines += ["- [timeline.md](timeline.md): when each stage ran and for how long (a Gantt chart), written by the "
+              "flow after the run (`labelbudget run`; not by a plain `dvc repro`)", ""]
     return "\n".join(lines)
 
 

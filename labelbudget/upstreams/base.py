@@ -36,7 +36,9 @@ class Upstream(ABC):
                       ) -> tuple[list[torch.Tensor], torch.Tensor]:
         """(B, samples) 16 kHz waveforms and their lengths -> hidden states 0..max_layer, frames per utterance."""
 
-    def to(self, device: torch.device) -> Upstream:
+    def to(self, device: torch.device, dtype: torch.dtype | None = None) -> Upstream:
+        """Move to `device`. `dtype` (inference only): weights in that dtype where a kind supports it (an
+        encoder's Transformer, see `EncoderUpstream`); the others ignore it and rely on autocast."""
         for module in vars(self).values():
             if isinstance(module, torch.nn.Module):
                 module.to(device)

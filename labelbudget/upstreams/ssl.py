@@ -30,10 +30,18 @@ class EncoderUpstream(Upstream):
         self.dim, self.num_layers = encoder.cfg.dim, encoder.cfg.layers
         self.frame_rate = SAMPLE_RATE / HOP / encoder.subsampling
 
+    def to(self, device: torch.device, dtype: torch.dtype | None = None) -> EncoderUpstream:
+        """The log-mel front end stays fp32 (STFT, log); `dtype` casts the encoder: on a CPU bf16 weights are
+        ~1.2x faster than autocast, which re-casts weights and activations at every layer, for the same error."""
+        self.logmel.to(device)
+        self.encoder.to(device=device, dtype=dtype)
+        return self
+
     def hidden_states(self, wavs: torch.Tensor, lengths: torch.Tensor, max_layer: int | None = None
                       ) -> tuple[list[torch.Tensor], torch.Tensor]:
         feats, flens = self.logmel(wavs, lengths)
-        return self.encoder(normalize(feats, flens), flens, max_layer=max_layer)
+        dtype = self.encoder.pos_conv.weight.dtype
+        return self.encoder(normalize(feats, flens).to(dtype), flens, max_layer=max_layer)
 
 
 def load_checkpoint(path: Path, expected: EncoderConfig | None = None) -> Encoder:
