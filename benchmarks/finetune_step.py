@@ -1,77 +1,93 @@
-"""Finetuning speed: ms per optimizer step with features read from memory maps per item (the old input path)
-against features loaded once into memory (`FeatureDataset(in_memory=True)`, what the finetune stage uses).
+"""Finetuning in fp32 and under bf16 autocast: ms per optimizer step, interleaved (A B A B ...), with the real
+`downstream.train` (Lightning) on the workspace's cached features; and (`--quality`) whole runs to early stopping
+in both precisions on one label budget and two seeds, so the dev CER gap between precisions can be set against
+the gap between seeds.
 
-Runs the real `downstream.train` (Lightning) on cached features of the workspace, baseline and candidate
-interleaved (A B A B ...), and prints the median of each and their ratio with the load average.
-
-    python benchmarks/finetune_step.py --upstream large --steps 60 --pairs 3
+    python benchmarks/finetune_step.py --upstream large            # step time, 5 rounds
+    python benchmarks/finetune_step.py --upstream large --quality  # + 4 runs to patience on the 20-minute budget
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import statistics
-import subprocess
 import time
-from pathlib import Path
 
 import torch
+from common import REPO, Bench, bench_args, median
 
 from labelbudget import downstream as ds
 from labelbudget.config import load_params
 from labelbudget.featstore import FeatureStore
 from labelbudget.manifest import Corpus
 
-REPO = Path(__file__).resolve().parent.parent
 
-
-def one_run(store: FeatureStore, ids: list[str], texts: dict[str, str], cfg: ds.DownstreamConfig,
-            in_memory: bool) -> dict:
-    t0 = time.perf_counter()
-    train_set = ds.FeatureDataset(store, ids[8:], texts, in_memory=in_memory)
-    dev_set = ds.FeatureDataset(store, ids[:8], texts, in_memory=in_memory)
-    load = time.perf_counter() - t0
-    result = ds.train(cfg, train_set, dev_set, texts, seed=0, verbose=False)
-    return {"ms_per_step": 1000 * result.seconds_per_step, "load_s": load, "steps": result.steps}
+def one_run(store: FeatureStore, train_ids: list[str], dev_ids: list[str], texts: dict[str, str],
+            cfg: ds.DownstreamConfig, seed: int = 0) -> ds.TrainResult:
+    train_set = ds.FeatureDataset(store, train_ids, texts, in_memory=True)
+    dev_set = ds.FeatureDataset(store, dev_ids, texts, in_memory=True)
+    return ds.train(cfg, train_set, dev_set, texts, seed=seed, verbose=False)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--upstream", default="large", help="features under data/features/<upstream> (default large)")
-    ap.add_argument("--utterances", type=int, default=400, help="labeled utterances to train on (default 400)")
-    ap.add_argument("--steps", type=int, default=60)
-    ap.add_argument("--pairs", type=int, default=3)
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "finetune_step.json"))
-    args = ap.parse_args()
+    ap.add_argument("--utterances", type=int, default=400, help="labeled utterances to time steps on")
+    ap.add_argument("--steps", type=int, default=60, help="optimizer steps per timed round")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (the flow runs two 1-thread jobs)")
+    ap.add_argument("--quality", action="store_true", help="also train to patience in both precisions")
+    ap.add_argument("--budget", default="20", help="--quality: the label budget (minutes) to train on")
+    args = bench_args(ap).parse_args()
+    bench = Bench("finetune_step", args)
     torch.set_num_threads(args.threads)
     params = load_params(REPO / "params.yaml")
     corpus = Corpus.load(REPO / "data" / "corpus")
     texts = {r["id"]: r["text"] for r in corpus.read(corpus.labeled)}
     store = FeatureStore(REPO / "data" / "features" / args.upstream / corpus.labeled)
-    ids = [i for i in store.ids if i in texts][: args.utterances]
-    cfg = ds.DownstreamConfig.from_params({**params["finetune"], "max_steps": args.steps,
-                                           "eval_every": 10**9, "num_threads": args.threads})
-    load = os.getloadavg()[0]
-    print(f"load average at start: {load:.2f} ({os.cpu_count()} cores)"
-          + ("  ** under load: figures not comparable **" if load > 0.5 * (os.cpu_count() or 1) else ""))
-    runs: dict[str, list[dict]] = {"memmap": [], "in_memory": []}
-    for k in range(args.pairs):
-        for name in runs:
-            r = one_run(store, ids, texts, cfg, in_memory=name == "in_memory")
-            runs[name].append(r)
-            print(f"pair {k} {name:9s}: {r['ms_per_step']:.0f} ms/step (load {r['load_s']:.2f} s)", flush=True)
-    med = {n: statistics.median(r["ms_per_step"] for r in rs) for n, rs in runs.items()}
-    print(f"median ms/step: memmap {med['memmap']:.0f}, in memory {med['in_memory']:.0f}: "
-          f"{med['memmap'] / med['in_memory']:.2f}x")
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
-                            text=True).stdout.strip()
-    Path(args.out).write_text(json.dumps({
-        "benchmark": "finetune_step", "commit": commit, "upstream": args.upstream, "threads": args.threads,
-        "batch_size": cfg.batch_size, "utterances": len(ids) - 8, "steps": args.steps, "load_average": load,
-        "median_ms_per_step": med, "speedup": med["memmap"] / med["in_memory"], "runs": runs}, indent=2) + "\n")
+    # a seeded sample: the store lists utterances by length, and its first ones would time only short batches
+    pool = [i for i in store.ids if i in texts]
+    ids = [pool[k] for k in torch.randperm(len(pool), generator=torch.Generator().manual_seed(0))[: args.utterances]]
+    base = {**params["finetune"], "num_threads": args.threads}
+    cfgs = {p: ds.DownstreamConfig.from_params({**base, "max_steps": args.steps, "eval_every": 10**9,
+                                                "precision": p}) for p in ("fp32", "bf16")}
+
+    def timed(p: str):
+        def run() -> float:
+            return 1000 * one_run(store, ids[8:], ids[:8], texts, cfgs[p]).seconds_per_step
+        return run
+
+    ms = bench.interleave({"fp32": timed("fp32"), "bf16": timed("bf16")})
+    speedup = median([a / b for a, b in zip(ms["fp32"], ms["bf16"], strict=True)])
+    figures: dict = {"ms_per_step": {k: round(median(v), 1) for k, v in ms.items()}, "bf16_speedup": round(speedup, 3),
+                     "threads": args.threads, "batch_size": cfgs["fp32"].batch_size, "steps_per_round": args.steps}
+    print(f"  median ms/step: fp32 {median(ms['fp32']):.0f}, bf16 {median(ms['bf16']):.0f}: {speedup:.2f}x")
+    headline = (f"finetune step ({args.upstream} features, {args.threads} thread): fp32 "
+                f"{median(ms['fp32']):.0f} ms, bf16 {median(ms['bf16']):.0f} ms: **{speedup:.2f}x**")
+    if args.quality:
+        subsets = REPO / "data" / "subsets"
+        dev_ids = subsets.joinpath("dev.txt").read_text().split()
+        quality = {}
+        for seed in (0, 1):
+            train_ids = subsets.joinpath(f"{args.budget}min-seed{seed}.txt").read_text().split()
+            for p in ("fp32", "bf16"):
+                cfg = ds.DownstreamConfig.from_params({**base, "precision": p})
+                t = time.perf_counter()
+                r = one_run(store, train_ids, dev_ids, texts, cfg, seed)
+                quality[f"{p}-seed{seed}"] = {"best_dev_cer": round(r.best_dev_cer, 4), "steps": r.steps,
+                                              "stop_reason": r.stop_reason,
+                                              "seconds": round(time.perf_counter() - t, 1)}
+                print(f"  {p} seed {seed}: best dev CER {r.best_dev_cer:.4f} after {r.steps} steps "
+                      f"({r.stop_reason}), {quality[f'{p}-seed{seed}']['seconds']:.0f} s", flush=True)
+        gap_precision = median([abs(quality[f"bf16-seed{s}"]["best_dev_cer"] - quality[f"fp32-seed{s}"]["best_dev_cer"])
+                                for s in (0, 1)])
+        gap_seed = median([abs(quality[f"{p}-seed1"]["best_dev_cer"] - quality[f"{p}-seed0"]["best_dev_cer"])
+                           for p in ("fp32", "bf16")])
+        figures["quality"] = {"budget_min": args.budget, "runs": quality, "precision_gap": round(gap_precision, 4),
+                              "seed_gap": round(gap_seed, 4)}
+        print(f"  dev CER gap between precisions {gap_precision:.4f}, between seeds {gap_seed:.4f}")
+        headline += (f"; {args.budget}-min runs to patience: dev CER gap bf16-fp32 {gap_precision:.3f} vs seed gap "
+                     f"{gap_seed:.3f}")
+    bench.save(figures, headline, runs={k: [round(x, 1) for x in v] for k, v in ms.items()},
+               extra={"upstream": args.upstream, "utterances": len(ids) - 8})
 
 
 if __name__ == "__main__":

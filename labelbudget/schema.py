@@ -230,6 +230,7 @@ class Finetune(Section):
     cmvn_utterances: PositiveInt
     num_threads: NonNegativeInt = 0
     accelerator: Literal["auto", "cpu", "gpu", "cuda"] = "auto"
+    precision: Literal["auto", "bf16", "fp32"] = "fp32"
 
     @field_validator("layer")
     @classmethod

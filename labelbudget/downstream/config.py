@@ -40,6 +40,7 @@ class DownstreamConfig:
     cmvn_utterances: int = 400  # utterances of the budget used for the normalisation statistics
     num_threads: int = 0  # torch threads; 0: torch default
     accelerator: str = "auto"
+    precision: str = "fp32"  # auto: bf16 autocast where the hardware has native bf16 (labelbudget.precision)
 
     @classmethod
     def from_params(cls, p: dict) -> DownstreamConfig:

@@ -108,8 +108,9 @@ class BlockBatches:
             t = torch.arange(int(lens.max()))
             valid = t[None, :] < lens[:, None]
             rows = torch.where(valid, torch.as_tensor(self.offsets[idx])[:, None] + t[None, :], 0)
-            valid, rows = valid.to(self.device), rows.to(self.device)
-            feats = self.block[rows].float() * valid[..., None, None]
+            rows = rows.to(self.device)
+            # float16 as stored: the model's first op promotes it, and zeroes the padding after the layer sum
+            feats = self.block[rows]
             targets = [self.targets[i] for i in idx]
             yield {"ids": [self.ids[i] for i in idx], "feats": feats, "lengths": lens.to(self.device),
                    "targets": torch.cat(targets).to(self.device),

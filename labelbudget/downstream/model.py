@@ -109,8 +109,10 @@ class DownstreamModel(nn.Module):
     def forward(self, feats: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """feats (batch, frames, layers, dim) -> CTC log-probs (batch, out_frames, vocab), their lengths."""
         bsz, t = feats.shape[:2]
-        x = (feats - self.mean) / self.std
-        x = (x * self.layer_weights()[:, None]).sum(dim=2)  # (B, T, D)
+        # sum_l w_l (x_l - mean_l) / std_l, folded into one scale per (layer, dim) and one offset: two passes
+        # over the (B, T, layers, dim) input instead of four, forward and backward
+        scale = self.layer_weights()[:, None] / self.std
+        x = (feats * scale).sum(dim=2) - (scale * self.mean).sum(0)  # (B, T, D)
         valid = torch.arange(t, device=x.device)[None, :] < lengths[:, None]
         x = x * valid[..., None]  # padding back to zero after the normalisation
         if self.stack > 1:
@@ -129,7 +131,7 @@ class DownstreamModel(nn.Module):
             x = self.dropout(lstm(x, lens))
         logits = self.head(x)  # (B, T', up * V)
         logits = logits.reshape(bsz, -1, self.vocab_size)
-        return logits.log_softmax(dim=-1), lens * self.cfg.upsample
+        return logits.float().log_softmax(dim=-1), lens * self.cfg.upsample  # CTC in fp32 under autocast
 
 
 def ctc_loss(log_probs: torch.Tensor, out_lengths: torch.Tensor, targets: torch.Tensor,

@@ -13,6 +13,7 @@ import torch
 from labelbudget.downstream.config import DownstreamConfig, DownstreamInputError
 from labelbudget.downstream.data import BlockBatches, BucketBatchSampler, FeatureDataset, collate, feature_stats
 from labelbudget.downstream.model import DownstreamModel, ctc_loss, transcribe
+from labelbudget.precision import use_bf16
 
 
 def training_device(accelerator: str) -> torch.device:
@@ -176,8 +177,12 @@ def train(cfg: DownstreamConfig, train_set: FeatureDataset, dev_set: FeatureData
         loader = BlockBatches(train_set, sampler, training_device(cfg.accelerator))
     else:
         loader = torch.utils.data.DataLoader(train_set, batch_sampler=sampler, collate_fn=collate)
+    # bf16 autocast on the forward pass (LSTM, convolutions, projections); weights, optimizer and CTC stay fp32,
+    # and dev evaluation runs in fp32 outside the autocast region.
+    bf16 = use_bf16(cfg.precision, training_device(cfg.accelerator))
     trainer = pl.Trainer(
-        accelerator=cfg.accelerator, devices=1, max_steps=cap, max_epochs=-1, logger=logger or False,
+        accelerator=cfg.accelerator, devices=1, precision="bf16-mixed" if bf16 else "32-true",
+        max_steps=cap, max_epochs=-1, logger=logger or False,
         callbacks=[dev_cb], enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
         num_sanity_val_steps=0, limit_val_batches=0, gradient_clip_val=cfg.grad_clip,
         log_every_n_steps=max(1, min(10, len(sampler))))
