@@ -147,6 +147,13 @@ def test_stage_timings_are_written_in_start_order(completed):
     assert {r["outcome"] for r in rows} <= {"ran", "restored from run-cache"}
 
 
+def test_the_flow_draws_the_run_timeline_beside_the_report(completed):
+    timeline = (completed.root / "reports" / "timeline.md").read_text()
+    assert f"{len(completed.result['timings'])} stages ran in" in timeline
+    assert "| finetune | 2 |" in timeline and "![stage timeline](timeline.png)" in timeline
+    assert (completed.root / "reports" / "timeline.png").stat().st_size > 1000
+
+
 def test_dvc_status_is_clean_after_a_flow_run(completed):
     assert dvc_status(completed.root) == {}
 

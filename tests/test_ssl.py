@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from labelbudget.encoder import Encoder, EncoderConfig
+from labelbudget.encoder import Encoder, EncoderConfig, inference_layer
 from labelbudget.logmel import LogMel, normalize
 from labelbudget.ssl import KMeansQuantizer, RandomProjectionQuantizer, make_ssl_module, span_mask
 
@@ -84,10 +84,23 @@ def test_encoder_stops_at_the_highest_requested_layer():
     enc = Encoder(CFG).eval()
     calls = []
     for layer in enc.layers:
-        layer.register_forward_hook(lambda *_: calls.append(1))
+        layer.linear1.register_forward_hook(lambda *_: calls.append(1))  # eval runs the layer's parts itself
     feats, lens = LogMel(40)(torch.randn(1, 16000), torch.tensor([16000]))
     hidden, _ = enc(normalize(feats, lens), lens, max_layer=1)
     assert len(hidden) == 2 and len(calls) == 1
+
+
+def test_the_inference_layer_computes_what_the_transformer_layer_does_in_eval():
+    torch.manual_seed(0)
+    layer = Encoder(CFG).layers[0].eval()
+    x = torch.randn(3, 20, CFG.dim)
+    lengths = torch.tensor([20, 13, 5])
+    keep = torch.arange(20)[None] < lengths[:, None]
+    with torch.inference_mode():
+        ours = inference_layer(layer, x, keep)
+        theirs = layer(x, src_key_padding_mask=~keep)
+    for b, n in enumerate(lengths):  # valid frames; padded ones are never read
+        assert torch.allclose(ours[b, :n], theirs[b, :n], atol=1e-5)
 
 
 def test_the_reconstruction_term_adds_the_masked_frames_l1_to_the_loss_and_nothing_at_weight_0():
