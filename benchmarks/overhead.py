@@ -19,8 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "tests"))  # the toy project
+from common import REPO, Bench, bench_args  # also puts tests/ (the toy project) on sys.path
 
 CHILD = """
 import json, sys, time
@@ -53,8 +52,8 @@ def main() -> None:
     )
     ap.add_argument("--models", type=int, default=8, help="toy: models (like upstreams x seeds)")
     ap.add_argument("--budgets", type=int, default=4, help="toy: label budgets")
-    ap.add_argument("--repeats", type=int, default=3, help="no-op `dvc repro` runs (median reported)")
-    args = ap.parse_args()
+    args = bench_args(ap).parse_args()
+    bench = Bench("overhead", args)
     dvc = [sys.executable, "-m", "dvc"]
     env = {
         **os.environ,
@@ -83,7 +82,7 @@ def main() -> None:
             print(f"toy project: {len(models)} models x {args.budgets} budgets; reproducing it once ...")
             timed([*dvc, "repro", "-q"], root, {**env, "TOY_SLEEP": "0"})
 
-        walls = [timed([*dvc, "repro"], root, env)[0] for _ in range(args.repeats)]
+        walls = bench.interleave({"dvc_repro": lambda: timed([*dvc, "repro"], root, env)[0]})["dvc_repro"]
         wall, output = timed([sys.executable, "-c", CHILD, str(root)], root, env)
         result = json.loads(next(line for line in output.splitlines() if line.startswith("RESULT "))[7:])
         ran = [name for name, outcome in result["stages"].items() if outcome != "up to date"]
@@ -92,12 +91,18 @@ def main() -> None:
         server = "a running Prefect server" if os.environ.get("PREFECT_API_URL") else "the temporary server"
         print(f"{len(result['stages'])} stages, all up to date ({root})")
         median = statistics.median(walls)
-        print(f"no-op `dvc repro`:            {median:5.1f} s  (median of {args.repeats}; goal < 2 s)")
+        print(f"no-op `dvc repro`:            {median:5.2f} s  (median of {len(walls)}; goal <= 2 s)")
         print(f"flow run, all up to date:     {result['flow']:5.1f} s  (goal < 15 s)")
         print(
             f"whole command, fresh process: {wall:5.1f} s  (imports {result['imports']:.1f} s, {server} "
             f"{result['api']:.1f} s, flow run)"
         )
+        where = "this repository" if args.root else f"a toy DAG ({args.models} models x {args.budgets} budgets)"
+        bench.save({"noop_dvc_repro_s": round(median, 3), "flow_all_up_to_date_s": round(result["flow"], 2),
+                    "whole_command_s": round(wall, 2), "stages": len(result["stages"])},
+                   f"no-op `dvc repro` on {where}, {len(result['stages'])} stages: **{median:.2f} s** (median); "
+                   f"all-cached flow run {result['flow']:.1f} s",
+                   runs={"dvc_repro_s": [round(w, 3) for w in walls]})
 
 
 if __name__ == "__main__":
