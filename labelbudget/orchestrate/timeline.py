@@ -16,12 +16,14 @@ def read_timings(path: Path) -> list[dict]:
         return [{**r, "start_s": float(r["start_s"]), "seconds": float(r["seconds"])} for r in csv.DictReader(f)]
 
 
-def lanes(rows: list[dict]) -> list[int]:
-    """The first free lane of each stage in start order: as many lanes as stages ever ran side by side."""
+def lanes(rows: list[dict], slack: float = 1.0) -> list[int]:
+    """The first free lane of each stage in start order: as many lanes as stages ever ran side by side. A stage
+    that starts within `slack` seconds of another's recorded end takes its lane (the end is stamped after DVC
+    returns, the next start before its own bookkeeping)."""
     ends: list[float] = []
     out = []
     for r in rows:
-        free = next((k for k, end in enumerate(ends) if end <= r["start_s"] + 1e-6), None)
+        free = next((k for k, end in enumerate(ends) if end <= r["start_s"] + slack), None)
         if free is None:
             ends.append(0.0)
             free = len(ends) - 1
@@ -51,7 +53,7 @@ def plot_gantt(rows: list[dict], path: Path) -> None:
     lane = lanes(rows)
     groups = list(dict.fromkeys(r["group"] for r in rows))
     colours = {g: plt.get_cmap("tab10")(k % 10) for k, g in enumerate(groups)}
-    fig, ax = plt.subplots(figsize=(11, 1.2 + 0.6 * max(lane, default=0) + 0.6))
+    fig, ax = plt.subplots(figsize=(11, 1.6 + 0.6 * (max(lane, default=0) + 1)))
     for r, k in zip(rows, lane, strict=True):
         ax.barh(k, r["seconds"] / 60, left=r["start_s"] / 60, height=0.8, color=colours[r["group"]],
                 edgecolor="white", linewidth=0.5)
@@ -62,8 +64,8 @@ def plot_gantt(rows: list[dict], path: Path) -> None:
     ax.invert_yaxis()
     ax.set_xlabel("minutes since the first stage started")
     ax.legend(handles=[plt.Rectangle((0, 0), 1, 1, color=colours[g]) for g in groups], labels=groups,
-              ncol=min(len(groups), 9), fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.35))
-    ax.set_title("Stage timeline of the last flow run (one bar per stage; a slot is one stage running)")
+              ncol=min(len(groups), 9), fontsize=7, loc="lower center", bbox_to_anchor=(0.5, 1.08), frameon=False)
+    ax.set_title("Stage timeline of the last flow run (one bar per stage; a slot is one stage running)", pad=28)
     ax.grid(True, axis="x", alpha=0.3)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
