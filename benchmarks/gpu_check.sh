@@ -39,8 +39,8 @@ if ! python3 -c "import torch, sys; sys.exit(not torch.cuda.is_available())"; th
 fi
 echo "== pretraining throughput, bf16 autocast (gpu profile sizes; paper 0.5B size) =="
 cd "$here"
-python3 pretrain_throughput.py --profile gpu --size small --device cuda --steps 20
-python3 pretrain_throughput.py --profile gpu --size large --device cuda --steps 20
-python3 pretrain_throughput.py --profile paper --size small --device cuda --steps 10 --batch-seconds 960
+python3 pretrain_throughput.py --profile gpu --size small --device cuda --steps 20 --curve-steps 0 --no-save --wait-idle 0
+python3 pretrain_throughput.py --profile gpu --size large --device cuda --steps 20 --curve-steps 0 --no-save --wait-idle 0
+python3 pretrain_throughput.py --profile paper --size small --device cuda --steps 10 --curve-steps 0 --no-save --wait-idle 0
 echo "== extraction (stage path vs naive) =="
-python3 extraction_throughput.py --profile gpu --size large --device cuda --utterances 1500 --no-rss
+python3 extraction_throughput.py --profile gpu --size large --device cuda --utterances 1500 --no-save --wait-idle 0
