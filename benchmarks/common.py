@@ -13,7 +13,6 @@ import argparse
 import json
 import os
 import platform
-import statistics
 import subprocess
 import sys
 import time
@@ -95,10 +94,6 @@ class Bench:
         print(f"[{self.name}] written to {path}; refresh the README table with "
               "`python benchmarks/table.py`")
         return path
-
-
-def median(xs: list[float]) -> float:
-    return statistics.median(xs)
 
 
 def git_commit() -> str:

@@ -18,9 +18,10 @@ import subprocess
 import sys
 import tempfile
 import time
+from statistics import median
 
 import torch
-from common import REPO, Bench, bench_args, load_profile, median, sync
+from common import REPO, Bench, bench_args, load_profile, sync
 
 from labelbudget.batching import bucket_batches, collate_waves
 from labelbudget.encoder import Encoder, EncoderConfig
@@ -145,16 +146,11 @@ def main() -> None:
     # Each round draws new utterances (the same for every path in it): fresh shapes, as in a real extraction,
     # so kernels compiled for the previous round's shapes cannot flatter either path.
     rounds = [utterances(args.utterances, seed=1 + r) for r in range(args.pairs)]
-    done = {k: 0 for k in ("naive", "stage_fp32", "stage_bf16")}
-
-    def next_wavs(k: str) -> list[torch.Tensor]:
-        done[k] += 1
-        return rounds[done[k] - 1]
-
-    runs = {"naive": lambda: naive_path(up, next_wavs("naive"), head, device),
-            "stage_fp32": lambda: stage_path(up, next_wavs("stage_fp32"), layers, bs, device, False)}
+    waves = {k: iter(rounds) for k in ("naive", "stage_fp32", "stage_bf16")}  # each path walks the same rounds
+    runs = {"naive": lambda: naive_path(up, next(waves["naive"]), head, device),
+            "stage_fp32": lambda: stage_path(up, next(waves["stage_fp32"]), layers, bs, device, False)}
     if auto_bf16:
-        runs["stage_bf16"] = lambda: stage_path(up_bf16, next_wavs("stage_bf16"), layers, bs, device, True)
+        runs["stage_bf16"] = lambda: stage_path(up_bf16, next(waves["stage_bf16"]), layers, bs, device, True)
     secs = bench.interleave(runs)
 
     stage = "stage_bf16" if auto_bf16 else "stage_fp32"

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import argparse
 import time
+from statistics import median
 
 import torch
-from common import REPO, Bench, bench_args, median
+from common import REPO, Bench, bench_args
 
 from labelbudget import downstream as ds
 from labelbudget.config import load_params

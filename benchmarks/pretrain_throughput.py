@@ -16,6 +16,7 @@ import argparse
 import copy
 import time
 from pathlib import Path
+from statistics import median
 
 import torch
 from common import (
@@ -26,7 +27,6 @@ from common import (
     encoder_flops,
     gemm_peak,
     load_profile,
-    median,
     sync,
     synthetic_batch,
 )

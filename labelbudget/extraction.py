@@ -115,8 +115,7 @@ def extract_part(up: Upstream, corpus: Corpus, part: str, out: Path, layers: lis
         ds = WaveDataset([str(corpus.audio_path(by_id[i])) for i in ids], [by_id[i]["duration"] for i in ids])
         feats: dict[int, np.ndarray] = {}
         with autocast(device, bf16):
-            batches = bucket_batches(ds.durations, batch_seconds)
-            for batch in batches:
+            for batch in bucket_batches(ds.durations, batch_seconds):
                 wav, lengths = collate_waves([ds[j] for j in batch])
                 try:
                     batch_feats = featurize(up, wav, lengths, layers, device, bf16)
