@@ -218,6 +218,7 @@ def test_the_readme_troubleshooting_table_has_a_tested_row_for_every_case() -> N
     readme = (REPO / "README.md").read_text()
     section = readme.split("## Troubleshooting", 1)[1].split("\n## ", 1)[0]
     rows = re.findall(r"^\| `([a-z0-9-]+)` \|", section, flags=re.MULTILINE)
-    flow_rows = {"retried-crash", "known-error-in-a-run", "sigterm", "second-run-at-once"}  # test_flows.py
+    # the cases tests/test_flows.py covers
+    flow_rows = {"retried-crash", "known-error-in-a-run", "sigterm", "second-run-at-once", "half-written-dvc-lock"}
     assert set(rows) == {c.id for c in CASES} | flow_rows
     assert len(rows) >= 20

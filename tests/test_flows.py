@@ -351,6 +351,37 @@ def test_a_known_error_is_not_retried_and_the_last_good_outputs_come_back(comple
     assert (root / "results" / "a-1" / "metrics.json").exists()
 
 
+def broken_lock(text: str) -> str:
+    """dvc.lock as a kill during DVC's in-place write leaves it: cut short where DVC's schema refuses it."""
+    from labelbudget.orchestrate.lockfile import problem
+
+    cut = next(n for n in range(len(text) // 2, len(text)) if problem(text[:n]) is not None)
+    return text[:cut]
+
+
+def test_a_dvc_lock_left_half_written_by_a_kill_is_put_back_and_the_run_goes_on(completed, tmp_path):
+    root = copy_project(completed.root, tmp_path / "toy")
+    good = (root / "dvc.lock").read_text()
+    (root / "dvc.lock").write_text(broken_lock(good))
+    plain = subprocess.run([*DVC, "status"], cwd=root, capture_output=True, text=True)
+    assert plain.returncode != 0 and "dvc.lock" in plain.stderr  # what plain DVC makes of it
+    result = run(root)
+    assert set(result["stages"].values()) == {UP_TO_DATE}  # the copy the last run kept
+    assert (root / "dvc.lock").read_text() == good
+    assert (root / ".dvc" / "tmp" / "dvc.lock.broken").read_text() == broken_lock(good)
+    assert dvc_status(root) == {}
+
+
+def test_a_broken_dvc_lock_without_a_good_copy_says_how_to_recover(completed, tmp_path):
+    from labelbudget.orchestrate.lockfile import LockfileError, repair
+
+    root = copy_project(completed.root, tmp_path / "toy")
+    (root / ".dvc" / "tmp" / "dvc.lock.good").unlink()
+    (root / "dvc.lock").write_text(broken_lock((root / "dvc.lock").read_text()))
+    with pytest.raises(LockfileError, match=r"dvc.lock: .*no good copy .*\(`git checkout dvc.lock`\)"):
+        repair(root)
+
+
 def test_fresh_machine_pulls_finished_stages_from_the_dvc_remote(completed, tmp_path):
     root = copy_project(completed.root, tmp_path / "toy")
     for path in ("data", "models", "results", "reports", ".dvc/cache"):

@@ -170,6 +170,7 @@ def test_kill_9_at_random_points_then_rerun_gives_the_uninterrupted_outputs(smok
 
     import torch
 
+    from labelbudget.orchestrate import lockfile
     from labelbudget.orchestrate.dag import load_dag
 
     project = copy_project(tmp_path / "project")
@@ -180,8 +181,10 @@ def test_kill_9_at_random_points_then_rerun_gives_the_uninterrupted_outputs(smok
     for stage in KILLED:
         for up in dag.stages[stage].upstream:
             run(["dvc", "repro", up], project)
+        lockfile.snapshot(project)
         if kill_partway(project, stage, delay=rng.uniform(0.5, 4.0)):
             interrupted.append(stage)
+        lockfile.repair(project)  # as `labelbudget run` does first: the kill may have hit DVC's dvc.lock write
         run(["dvc", "repro", "-s", stage], project)  # the rerun, over whatever the kill left
     run(["dvc", "repro"], project)
     assert len(interrupted) >= 3, f"only {interrupted} were still running when killed"

@@ -115,8 +115,10 @@ def load_dag(root: str | Path) -> Dag:
 def sort_lock(root: str | Path, order: list[str]) -> None:
     """Rewrite dvc.lock with its stages in DAG order. Concurrent `dvc repro -s` calls append entries in the
     order they finish; a fixed order keeps diffs of dvc.lock readable. DVC's own YAML round-trip keeps the
-    formatting byte-identical to what DVC writes."""
-    from dvc.utils.serialize import modify_yaml
+    formatting byte-identical to what DVC writes; the file is replaced atomically."""
+    from dvc.utils.serialize import dumps_yaml, parse_yaml_for_update
+
+    from labelbudget.io import atomic_path
 
     lock = Path(root) / "dvc.lock"
     if not lock.exists():
@@ -128,12 +130,12 @@ def sort_lock(root: str | Path, order: list[str]) -> None:
     )
     if list(entries or {}) == sorted(entries or {}, key=lambda n: (rank.get(n, len(rank)), n)):
         return
-    with modify_yaml(str(lock)) as data:
-        entries = data.get("stages") or {}
-        names = sorted(entries, key=lambda n: (rank.get(n, len(rank)), n))
-        if names != list(entries):
-            items = [(n, entries[n]) for n in names]
-            for n, _ in items:
-                del entries[n]
-            for n, value in items:
-                entries[n] = value
+    data = parse_yaml_for_update(lock.read_text(), str(lock))
+    entries = data.get("stages") or {}
+    items = [(n, entries[n]) for n in sorted(entries, key=lambda n: (rank.get(n, len(rank)), n))]
+    for n, _ in items:
+        del entries[n]
+    for n, value in items:
+        entries[n] = value
+    with atomic_path(lock) as tmp:  # DVC's own dump writes in place: a kill midway would break dvc.lock
+        tmp.write_text(dumps_yaml(data))

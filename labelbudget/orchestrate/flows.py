@@ -19,6 +19,7 @@ from typing import Any, Literal
 from prefect import flow, get_run_logger
 from prefect.task_runners import ThreadPoolTaskRunner
 
+from labelbudget.orchestrate import lockfile
 from labelbudget.orchestrate import remote as dvc_remote
 from labelbudget.orchestrate.dag import load_dag, sort_lock
 from labelbudget.orchestrate.publish import REPORT, publish
@@ -142,6 +143,9 @@ def _experiment(project: Path, concurrency: int, task_runner: str, targets: list
     if remote_name:
         logger.info("dvc pull -r %s: %s", remote_name, dvc_remote.pull(project, remote_name)[-500:])
 
+    repaired = lockfile.repair(project)  # before DVC reads it: a kill during its last write leaves it broken
+    if repaired:
+        logger.warning("%s", repaired)
     dag = load_dag(project)
     if targets:
         dag = dag.select(targets)
@@ -157,6 +161,7 @@ def _experiment(project: Path, concurrency: int, task_runner: str, targets: list
     status = {name: status[name] for name in dag.order if name in status}
 
     sort_lock(project, dag.order)
+    lockfile.snapshot(project)
     failed = [n for n, s in status.items() if s == FAILED]
     blocked = [n for n, s in status.items() if s == BLOCKED]
     interrupted = [n for n, s in status.items() if s == INTERRUPTED]

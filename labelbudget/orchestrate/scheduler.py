@@ -27,6 +27,7 @@ from prefect.futures import PrefectFuture
 from prefect.tasks import exponential_backoff
 
 from labelbudget.errors import EXIT_KNOWN
+from labelbudget.orchestrate import lockfile
 from labelbudget.orchestrate.dag import Dag
 
 GATES = ("validate",)  # deterministic checks: never retried, and their failure is reported as such
@@ -40,6 +41,7 @@ _stop_signal: list[int] = []  # the signal that stopped the run (the CLI exits w
 _children: set[subprocess.Popen] = set()  # running `dvc repro` process groups
 _children_lock = threading.Lock()
 GRACE_S = 5.0  # seconds a stopped stage gets to exit on SIGTERM before SIGKILL
+SNAPSHOT_EVERY_S = 30.0  # how often a good copy of dvc.lock is kept while stages finish (lockfile.snapshot)
 
 
 def stopped_by() -> int | None:
@@ -220,6 +222,10 @@ def repro_stage(root: str, stage: str, concurrency: int = 1) -> dict[str, Any]:
                                stage_env(concurrency))
     if code != 0:
         failure = classify(stage, output)
+        repaired = lockfile.repair(root) if "dvc.lock" in output else None
+        if repaired:  # killed while DVC wrote dvc.lock (here or in a stage beside this one)
+            failure = StageFailed(stage, code, repaired, True, "dvc.lock was put back: a retry can finish it",
+                                  failure.tail)
         logger.error("%s", failure.tail)
         raise failure
     logger.info("%s", "\n".join(output.strip().splitlines()[-40:]))
@@ -274,6 +280,7 @@ def _run_dag(dag: Dag, concurrency: int, retries: int, retry_delay_s: float) -> 
     running: dict[PrefectFuture, str] = {}
     finished: queue.Queue[PrefectFuture] = queue.Queue()
     pending = dag.to_run()  # topological order: among ready stages, the earliest in dvc.yaml goes first
+    snapshot_at = time.monotonic()
     while pending or running:
         progressed = False
         for name in list(pending) if not _stop.is_set() else []:
@@ -308,6 +315,9 @@ def _run_dag(dag: Dag, concurrency: int, retries: int, retry_delay_s: float) -> 
             result = done.result()
             status[name] = result["outcome"]
             timings[name] = (result["start"], result["end"])
+            if time.monotonic() - snapshot_at > SNAPSHOT_EVERY_S:
+                lockfile.snapshot(root)
+                snapshot_at = time.monotonic()
         else:
             status[name] = INTERRUPTED if _stop.is_set() else FAILED
             exc = done.state.result(raise_on_failure=False)
