@@ -70,7 +70,7 @@ def featurize(up: Upstream, wav: torch.Tensor, lengths: torch.Tensor, layers: li
         hidden, out_len = up.hidden_states(wav, lengths, max_layer=max(layers))
     # Each kept layer copied straight into its float16 slot: one pass, where stacking then converting takes two
     # (~9% of bf16 CPU extraction)
-    b, t, d = hidden[0].shape
+    b, t, d = hidden[layers[0]].shape
     stacked = torch.empty(b, t, len(layers), d, dtype=torch.float16, device=device)
     for j, i in enumerate(layers):
         stacked[:, :, j].copy_(hidden[i])

@@ -29,6 +29,7 @@ from toy_project import create_toy_project, write_params  # noqa: E402
 
 from labelbudget.orchestrate.dag import load_dag  # noqa: E402
 from labelbudget.orchestrate.flows import experiment, sweep  # noqa: E402
+from labelbudget.orchestrate.lockfile import DVC_REFUSED  # noqa: E402
 from labelbudget.orchestrate.publish import metrics_markdown  # noqa: E402
 from labelbudget.orchestrate.scheduler import UP_TO_DATE, classify  # noqa: E402
 
@@ -363,8 +364,8 @@ def test_a_dvc_lock_left_half_written_by_a_kill_is_put_back_and_the_run_goes_on(
     root = copy_project(completed.root, tmp_path / "toy")
     good = (root / "dvc.lock").read_text()
     (root / "dvc.lock").write_text(broken_lock(good))
-    plain = subprocess.run([*DVC, "status"], cwd=root, capture_output=True, text=True)
-    assert plain.returncode != 0 and "dvc.lock" in plain.stderr  # what plain DVC makes of it
+    plain = subprocess.run([*DVC, "repro", "-s", "report"], cwd=root, capture_output=True, text=True)
+    assert plain.returncode != 0 and DVC_REFUSED.search(plain.stdout + plain.stderr)  # what a stage's DVC says
     result = run(root)
     assert set(result["stages"].values()) == {UP_TO_DATE}  # the copy the last run kept
     assert (root / "dvc.lock").read_text() == good
@@ -378,8 +379,20 @@ def test_a_broken_dvc_lock_without_a_good_copy_says_how_to_recover(completed, tm
     root = copy_project(completed.root, tmp_path / "toy")
     (root / ".dvc" / "tmp" / "dvc.lock.good").unlink()
     (root / "dvc.lock").write_text(broken_lock((root / "dvc.lock").read_text()))
-    with pytest.raises(LockfileError, match=r"dvc.lock: .*no good copy .*\(`git checkout dvc.lock`\)"):
+    with pytest.raises(LockfileError, match=r"dvc.lock .*no good copy .*\(`git checkout dvc.lock`\)"):
         repair(root)
+
+
+def test_a_dvc_lock_with_merge_conflict_markers_is_not_replaced(completed, tmp_path):
+    from labelbudget.orchestrate.lockfile import LockfileError, repair
+
+    root = copy_project(completed.root, tmp_path / "toy")
+    text = (root / "dvc.lock").read_text()
+    conflicted = f"<<<<<<< HEAD\n{text}=======\n{text}>>>>>>> other\n"
+    (root / "dvc.lock").write_text(conflicted)
+    with pytest.raises(LockfileError, match="merge-conflict markers"):
+        repair(root)
+    assert (root / "dvc.lock").read_text() == conflicted
 
 
 def test_fresh_machine_pulls_finished_stages_from_the_dvc_remote(completed, tmp_path):

@@ -21,7 +21,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from labelbudget.orchestrate import lockfile
 from labelbudget.orchestrate import remote as dvc_remote
-from labelbudget.orchestrate.dag import load_dag, sort_lock
+from labelbudget.orchestrate.dag import load_dag
 from labelbudget.orchestrate.publish import REPORT, publish
 from labelbudget.orchestrate.scheduler import (
     BLOCKED,
@@ -139,14 +139,15 @@ def experiment(
 def _experiment(project: Path, concurrency: int, task_runner: str, targets: list[str] | None, retries: int,
                 retry_delay_s: float, remote: str | None, dask_address: str | None) -> dict[str, Any]:
     logger = get_run_logger()
+    repaired = lockfile.repair(project)  # before anything reads it: a kill during DVC's last write breaks it
+    if repaired:
+        logger.warning("%s", repaired)
     remote_name = dvc_remote.remote_name(project, remote) if remote else None
     if remote_name:
         logger.info("dvc pull -r %s: %s", remote_name, dvc_remote.pull(project, remote_name)[-500:])
 
-    repaired = lockfile.repair(project)  # before DVC reads it: a kill during its last write leaves it broken
-    if repaired:
-        logger.warning("%s", repaired)
     dag = load_dag(project)
+    lockfile.snapshot(project)  # a good copy from the start: a kill in the first minutes has one to go back to
     if targets:
         dag = dag.select(targets)
     logger.info("%d stages, %d to run: %s", len(dag.stages), len(dag.to_run()), ", ".join(dag.to_run()) or "none")
@@ -160,8 +161,9 @@ def _experiment(project: Path, concurrency: int, task_runner: str, targets: list
     status, timings, errors = result["status"], result["timings"], result["errors"]
     status = {name: status[name] for name in dag.order if name in status}
 
-    sort_lock(project, dag.order)
-    lockfile.snapshot(project)
+    repaired = lockfile.tidy(project, dag.order)  # a stopped `dvc` may have been writing dvc.lock
+    if repaired:
+        logger.warning("%s", repaired)
     failed = [n for n, s in status.items() if s == FAILED]
     blocked = [n for n, s in status.items() if s == BLOCKED]
     interrupted = [n for n, s in status.items() if s == INTERRUPTED]

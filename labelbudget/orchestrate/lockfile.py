@@ -1,79 +1,133 @@
-"""dvc.lock kept recoverable. DVC rewrites dvc.lock in place, not atomically: a kill -9 (OOM killer, power loss)
-during that write leaves it half-written, and every later `dvc repro` stops at "validation failed". The flow keeps
-the last copy it saw valid under .dvc/tmp and puts it back when dvc.lock no longer loads.
+"""dvc.lock kept recoverable. DVC rewrites dvc.lock in place, not atomically: a kill -9 during that write (the OOM
+killer, a stop that reaches `dvc` itself) leaves it half-written, and every later `dvc repro` stops on it. The flow
+keeps the last copy it saw valid under .dvc/tmp and puts it back when dvc.lock no longer loads.
 
 A copy older than the workspace is safe: a stage whose entry is missing or stale is not up to date, so DVC runs it
-again or restores it from the run-cache.
+again or restores it from the run-cache. Everything here holds DVC's repo lock, which `dvc repro` holds while it
+writes dvc.lock, so a copy is never taken from, nor put over, a write in progress.
 """
 
 from __future__ import annotations
 
+import re
+import threading
 import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
-
-import yaml
 
 from labelbudget.errors import LabelbudgetError
 from labelbudget.io import atomic_path
 
 LOCK = "dvc.lock"
 GOOD = Path(".dvc") / "tmp" / "dvc.lock.good"  # the last dvc.lock seen valid
-BROKEN = Path(".dvc") / "tmp" / "dvc.lock.broken"  # what a repair replaced, kept to look at
+BROKEN = Path(".dvc") / "tmp" / "dvc.lock.broken"  # what the last repair replaced, kept to look at
+# What `dvc` prints when it cannot load dvc.lock
+DVC_REFUSED = re.compile(r"dvc\.lock' (is invalid|validation failed)|unable to read: '[^']*dvc\.lock'")
+
+# fcntl locks belong to a process: threads of the flow also exclude each other with this
+_threads = threading.Lock()
 
 
 class LockfileError(LabelbudgetError):
-    """dvc.lock does not load and there is no good copy to put back."""
+    """dvc.lock does not load and cannot be put back by itself."""
+
+
+@contextmanager
+def dvc_repo_lock(root: str | Path) -> Iterator[None]:
+    """DVC's repo lock (.dvc/tmp/lock), waited for as `dvc --wait-for-lock` does. Not re-entrant."""
+    from dvc.lock import make_lock
+
+    tmp = Path(root) / ".dvc" / "tmp"
+    tmp.mkdir(parents=True, exist_ok=True)
+    with _threads, make_lock(str(tmp / "lock"), tmp_dir=str(tmp), wait=True):
+        yield
 
 
 def problem(text: str) -> str | None:
-    """Why DVC would refuse this dvc.lock text (YAML or its lockfile schema), or None."""
+    """Why DVC would refuse this dvc.lock text (its own YAML parser and lockfile schema), or None."""
     from dvc.schema import COMPILED_LOCKFILE_SCHEMA
-    from voluptuous import Invalid
+    from dvc.utils.serialize import parse_yaml
 
     try:
-        data = yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+        data = parse_yaml(text, LOCK)
+    except Exception as e:  # noqa: BLE001 - any parse failure means DVC cannot read it either
+        return f"is not valid YAML ({' '.join(str(e).split())[:120]})"
+    try:
         COMPILED_LOCKFILE_SCHEMA(data or {})
-    except yaml.YAMLError as e:
-        return f"not YAML ({' '.join(str(e).split())[:120]})"
-    except Invalid as e:
-        return f"fails DVC's lockfile schema ({e})"
+    except Exception as e:  # noqa: BLE001 - voluptuous raises Invalid and its subclasses
+        return f"fails DVC's lockfile schema ({' '.join(str(e).split())[:120]})"
     return None
 
 
-def snapshot(root: str | Path) -> bool:
-    """Keep dvc.lock as the good copy if it loads. Reads it once: a copy taken while DVC writes it is either
-    rejected or a complete earlier prefix, which is safe (see the module's doc)."""
-    root = Path(root)
+def _read(path: Path) -> tuple[str, str | None]:
+    """The file's text and why DVC would refuse it (None: it loads)."""
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:  # a write cut inside a multi-byte character
+        return raw.decode("utf-8", "replace"), "is not valid UTF-8"
+    return text, problem(text)
+
+
+def _snapshot(root: Path) -> bool:
     lock = root / LOCK
     if not lock.exists():
         return False
-    text = lock.read_text()
-    if problem(text) is not None:
+    text, why = _read(lock)
+    if why is not None:
         return False
     with atomic_path(root / GOOD) as tmp:
-        tmp.write_text(text)
+        tmp.write_text(text, encoding="utf-8")
     return True
+
+
+def _repair(root: Path) -> str | None:
+    lock, good = root / LOCK, root / GOOD
+    if not lock.exists():
+        return None
+    text, why = _read(lock)
+    if why is None:
+        return None
+    if re.search(r"^(<{7}|>{7}) ", text, flags=re.MULTILINE):
+        raise LockfileError(f"{lock} holds git merge-conflict markers: resolve them (keep either side whole; "
+                            "`dvc repro` then re-runs or restores from the run-cache what does not match)")
+    saved, saved_why = _read(good) if good.exists() else (None, "missing")
+    if saved is None or saved_why is not None:
+        raise LockfileError(f"{lock} {why} (a run killed while DVC wrote it?), and no good copy at {good} to put "
+                            "back: restore it from git (`git checkout dvc.lock`) or delete it (DVC then runs "
+                            "every stage again or restores it from the run-cache)")
+    with atomic_path(root / BROKEN) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+    with atomic_path(lock) as tmp:
+        tmp.write_text(saved, encoding="utf-8")
+    taken = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(good.stat().st_mtime))
+    return (f"dvc.lock {why}: a run was killed while DVC wrote it; put back the copy of {taken} (the broken one "
+            f"is {BROKEN}); stages finished after it run again or come from the run-cache")
+
+
+def snapshot(root: str | Path) -> bool:
+    """Keep dvc.lock as the good copy if it loads; returns whether it did."""
+    with dvc_repo_lock(root):
+        return _snapshot(Path(root))
 
 
 def repair(root: str | Path) -> str | None:
     """Put the good copy back if dvc.lock does not load; returns what was done (None: nothing was wrong)."""
-    root = Path(root)
-    lock, good = root / LOCK, root / GOOD
-    if not lock.exists():
-        return None
-    text = lock.read_text()
-    why = problem(text)
-    if why is None:
-        return None
-    saved = good.read_text() if good.exists() else None
-    if saved is None or problem(saved) is not None:
-        raise LockfileError(f"{lock}: {why} (a run killed while DVC wrote it?), and no good copy at {good} to put "
-                            "back: restore it from git (`git checkout dvc.lock`) or delete it (DVC then runs "
-                            "every stage again or restores it from the run-cache)")
-    with atomic_path(root / BROKEN) as tmp:
-        tmp.write_text(text)
-    with atomic_path(lock) as tmp:
-        tmp.write_text(saved)
-    taken = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(good.stat().st_mtime))
-    return (f"dvc.lock {why}: a run was killed while DVC wrote it; put back the copy of {taken} (the broken one "
-            f"is {BROKEN}); stages finished after it run again or come from the run-cache")
+    with dvc_repo_lock(root):
+        return _repair(Path(root))
+
+
+def tidy(root: str | Path, order: Sequence[str]) -> str | None:
+    """After a run, stopped or not: put back a dvc.lock a stopped `dvc` left broken, write its stages in DAG
+    order, keep it as the good copy. Returns what a repair did, if one was needed."""
+    from labelbudget.orchestrate.dag import sort_lock
+
+    with dvc_repo_lock(root):
+        try:
+            repaired = _repair(Path(root))
+        except LockfileError as e:  # left as it is: the next run stops on it with this line
+            return str(e)
+        sort_lock(root, list(order))
+        _snapshot(Path(root))
+    return repaired

@@ -222,8 +222,8 @@ def repro_stage(root: str, stage: str, concurrency: int = 1) -> dict[str, Any]:
                                stage_env(concurrency))
     if code != 0:
         failure = classify(stage, output)
-        repaired = lockfile.repair(root) if "dvc.lock" in output else None
-        if repaired:  # killed while DVC wrote dvc.lock (here or in a stage beside this one)
+        if lockfile.DVC_REFUSED.search(output):  # a kill during DVC's dvc.lock write, here or beside this stage
+            repaired = lockfile.repair(root) or "dvc.lock could not be read; the stage that broke it put it back"
             failure = StageFailed(stage, code, repaired, True, "dvc.lock was put back: a retry can finish it",
                                   failure.tail)
         logger.error("%s", failure.tail)
