@@ -373,6 +373,17 @@ def test_a_dvc_lock_left_half_written_by_a_kill_is_put_back_and_the_run_goes_on(
     assert dvc_status(root) == {}
 
 
+def test_a_dvc_lock_broken_during_a_run_is_put_back_and_the_stages_are_retried(prefect_api, fresh_toy, tmp_path):
+    root = copy_project(fresh_toy, tmp_path / "toy")
+    (root / ".break-lock-once").mkdir()
+    (root / ".break-lock-once" / "finetune-a-1").touch()
+    result = run(root, retries=3, retry_delay_s=0.1)
+    assert set(result["stages"].values()) == {"ran"}
+    assert attempts(root, "finetune-a-1") == 2  # killed once; the attempt DVC refused never started it
+    assert (root / ".dvc" / "tmp" / "dvc.lock.broken").read_text().endswith("\n[")
+    assert dvc_status(root) == {}
+
+
 def test_a_broken_dvc_lock_without_a_good_copy_says_how_to_recover(completed, tmp_path):
     from labelbudget.orchestrate.lockfile import LockfileError, repair
 

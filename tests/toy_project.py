@@ -6,7 +6,7 @@ time to `timeline.jsonl` (so tests can check order and overlap). Knobs, none of 
 - `TOY_SLEEP`: seconds a finetune stage takes (default 0.3; the others take a tenth of it);
 - a file `.fail-once/<stage label>` (e.g. `evaluate-a-1`) gets that stage killed once (SIGKILL, as the OOM
   killer would: a failure a retry can fix), then disappears; `.fail-always/<label>` makes it exit with a
-  known error (exit 3) every time;
+  known error (exit 3) every time; `.break-lock-once/<label>` cuts dvc.lock short, then kills the stage once;
 - param `validate.fail: true` makes the validation stage fail, as a data gate would.
 """
 
@@ -29,6 +29,12 @@ with open("attempts.log", "a") as f:
 marker = Path(".fail-once") / label
 if marker.exists():
     marker.unlink()
+    os.kill(os.getpid(), signal.SIGKILL)
+marker = Path(".break-lock-once") / label
+if marker.exists():  # dvc.lock as a kill during DVC's in-place write of it leaves it, then killed itself
+    marker.unlink()
+    text = Path("dvc.lock").read_text()
+    Path("dvc.lock").write_text(text[: len(text) // 2] + "\n[")
     os.kill(os.getpid(), signal.SIGKILL)
 if (Path(".fail-always") / label).exists():
     print(f"error: {label}: failing, as asked", file=sys.stderr)
@@ -164,7 +170,7 @@ def create_toy_project(
     root.mkdir(parents=True, exist_ok=True)
     (root / "step.py").write_text(STEP.lstrip())
     (root / "dvc.yaml").write_text(DVC_YAML)
-    (root / ".gitignore").write_text("timeline.jsonl\nattempts.log\n.fail-once/\n.fail-always/\n")
+    (root / ".gitignore").write_text("timeline.jsonl\nattempts.log\n.fail-once/\n.fail-always/\n.break-lock-once/\n")
     # DVC appends each output to a .gitignore beside it in the order stages finish; a directory dep holding
     # outputs of several stages (`results`) would hash differently with every finishing order.
     (root / ".dvcignore").write_text(".gitignore\n")

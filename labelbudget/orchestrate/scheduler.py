@@ -41,7 +41,6 @@ _stop_signal: list[int] = []  # the signal that stopped the run (the CLI exits w
 _children: set[subprocess.Popen] = set()  # running `dvc repro` process groups
 _children_lock = threading.Lock()
 GRACE_S = 5.0  # seconds a stopped stage gets to exit on SIGTERM before SIGKILL
-SNAPSHOT_EVERY_S = 30.0  # how often a good copy of dvc.lock is kept while stages finish (lockfile.snapshot)
 
 
 def stopped_by() -> int | None:
@@ -280,7 +279,6 @@ def _run_dag(dag: Dag, concurrency: int, retries: int, retry_delay_s: float) -> 
     running: dict[PrefectFuture, str] = {}
     finished: queue.Queue[PrefectFuture] = queue.Queue()
     pending = dag.to_run()  # topological order: among ready stages, the earliest in dvc.yaml goes first
-    snapshot_at = time.monotonic()
     while pending or running:
         progressed = False
         for name in list(pending) if not _stop.is_set() else []:
@@ -315,9 +313,8 @@ def _run_dag(dag: Dag, concurrency: int, retries: int, retry_delay_s: float) -> 
             result = done.result()
             status[name] = result["outcome"]
             timings[name] = (result["start"], result["end"])
-            if time.monotonic() - snapshot_at > SNAPSHOT_EVERY_S:
+            if result["outcome"] in (RAN, CACHED):  # DVC rewrote dvc.lock: keep it while it is known good
                 lockfile.snapshot(root)
-                snapshot_at = time.monotonic()
         else:
             status[name] = INTERRUPTED if _stop.is_set() else FAILED
             exc = done.state.result(raise_on_failure=False)
