@@ -384,6 +384,21 @@ def test_a_dvc_lock_broken_during_a_run_is_put_back_and_the_stages_are_retried(p
     assert dvc_status(root) == {}
 
 
+def test_stages_a_repair_rolled_back_are_recorded_again_from_the_workspace(completed, tmp_path):
+    import yaml
+
+    from labelbudget.orchestrate.lockfile import recommit
+
+    root = copy_project(completed.root, tmp_path / "toy")
+    lock = yaml.safe_load((root / "dvc.lock").read_text())
+    del lock["stages"]["finetune@b-1"]  # the older copy a repair put back did not have it yet
+    (root / "dvc.lock").write_text(yaml.safe_dump(lock, sort_keys=False))
+    assert "finetune@b-1" in dvc_status(root)
+    assert recommit(root, ["finetune@a-1", "finetune@b-1"]) == ["finetune@b-1"]
+    assert dvc_status(root) == {}
+    assert attempts(root, "finetune-b-1") == attempts(completed.root, "finetune-b-1")  # recorded, not re-run
+
+
 def test_a_broken_dvc_lock_without_a_good_copy_says_how_to_recover(completed, tmp_path):
     from labelbudget.orchestrate.lockfile import LockfileError, repair
 

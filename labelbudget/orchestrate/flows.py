@@ -11,6 +11,7 @@ budgets and seeds. Run them with `labelbudget run`, or deploy them with prefect.
 from __future__ import annotations
 
 import fcntl
+import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -25,9 +26,11 @@ from labelbudget.orchestrate.dag import load_dag
 from labelbudget.orchestrate.publish import REPORT, publish
 from labelbudget.orchestrate.scheduler import (
     BLOCKED,
+    CACHED,
     FAILED,
     GATES,
     INTERRUPTED,
+    RAN,
     run_dag,
     stop_on_signals,
     stopped_by,
@@ -147,6 +150,7 @@ def _experiment(project: Path, concurrency: int, task_runner: str, targets: list
         logger.info("dvc pull -r %s: %s", remote_name, dvc_remote.pull(project, remote_name)[-500:])
 
     dag = load_dag(project)
+    repairs = lockfile.repairs()
     lockfile.snapshot(project)  # a good copy from the start: a kill in the first minutes has one to go back to
     if targets:
         dag = dag.select(targets)
@@ -164,6 +168,16 @@ def _experiment(project: Path, concurrency: int, task_runner: str, targets: list
     repaired = lockfile.tidy(project, dag.order)  # a stopped `dvc` may have been writing dvc.lock
     if repaired:
         logger.warning("%s", repaired)
+    if lockfile.repairs() > repairs:  # stages finished after the copy that was put back lost their entries
+        try:
+            rolled_back = lockfile.recommit(project, [n for n, s in status.items() if s in (RAN, CACHED)])
+        except subprocess.CalledProcessError as e:  # not lost: the next run re-runs them or uses the run-cache
+            rolled_back = []
+            logger.warning("dvc.lock: could not re-record the stages a repair rolled back: %s", e.stderr)
+        if rolled_back:
+            logger.warning("dvc.lock: re-recorded %s (they finished before a repair put back an older copy)",
+                           ", ".join(rolled_back))
+            lockfile.tidy(project, dag.order)
     failed = [n for n, s in status.items() if s == FAILED]
     blocked = [n for n, s in status.items() if s == BLOCKED]
     interrupted = [n for n, s in status.items() if s == INTERRUPTED]

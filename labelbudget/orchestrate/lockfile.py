@@ -9,7 +9,10 @@ writes dvc.lock, so a copy is never taken from, nor put over, a write in progres
 
 from __future__ import annotations
 
+import json
 import re
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -27,6 +30,7 @@ DVC_REFUSED = re.compile(r"dvc\.lock' (is invalid|validation failed)|unable to r
 
 # fcntl locks belong to a process: threads of the flow also exclude each other with this
 _threads = threading.Lock()
+_repairs = [0]  # copies put back by this process (a run compares it before and after)
 
 
 class LockfileError(LabelbudgetError):
@@ -101,6 +105,7 @@ def _repair(root: Path) -> str | None:
         tmp.write_text(text, encoding="utf-8")
     with atomic_path(lock) as tmp:
         tmp.write_text(saved, encoding="utf-8")
+    _repairs[0] += 1
     taken = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(good.stat().st_mtime))
     return (f"dvc.lock {why}: a run was killed while DVC wrote it; put back the copy of {taken} (the broken one "
             f"is {BROKEN}); stages finished after it run again or come from the run-cache")
@@ -131,3 +136,24 @@ def tidy(root: str | Path, order: Sequence[str]) -> str | None:
         sort_lock(root, list(order))
         _snapshot(Path(root))
     return repaired
+
+
+def repairs() -> int:
+    """How many times this process has put a good copy back."""
+    return _repairs[0]
+
+
+def recommit(root: str | Path, stages: Sequence[str]) -> list[str]:
+    """Record again in dvc.lock those of `stages` (finished in this run) whose entries a repair rolled back to
+    the older copy: their outputs are in the workspace and the cache, so `dvc commit` writes the same entries
+    their runs wrote. Returns the stages it re-recorded."""
+    if not stages:
+        return []
+    dvc = [sys.executable, "-m", "dvc", "--wait-for-lock"]
+    proc = subprocess.run([*dvc, "status", "--json", *stages], cwd=root, stdin=subprocess.DEVNULL,
+                          capture_output=True, text=True, check=True)
+    stale = [s for s in json.loads(proc.stdout or "{}") if s in stages]
+    if stale:
+        subprocess.run([*dvc, "commit", "--force", "--quiet", *stale], cwd=root, stdin=subprocess.DEVNULL,
+                       capture_output=True, text=True, check=True)
+    return stale
