@@ -78,8 +78,9 @@ def run_in_process_of_its_own(root: Path, env: dict[str, str]) -> dict:
     its log handler in this process may hold a stream an earlier test's capture has closed (DVC then raises)."""
     code = (f"import json; from labelbudget.orchestrate.flows import experiment; "
             f"print('RESULT=' + json.dumps(experiment(root={str(root)!r}, concurrency=4, retry_delay_s=0)))")
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
-    return json.loads(next(line for line in out.splitlines() if line.startswith("RESULT="))[7:])
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, f"the flow failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}"
+    return json.loads(next(line for line in proc.stdout.splitlines() if line.startswith("RESULT="))[7:])
 
 
 def copy_project(src: Path, dst: Path) -> Path:
