@@ -11,7 +11,6 @@ budgets and seeds. Run them with `labelbudget run`, or deploy them with prefect.
 from __future__ import annotations
 
 import fcntl
-import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -165,19 +164,10 @@ def _experiment(project: Path, concurrency: int, task_runner: str, targets: list
     status, timings, errors = result["status"], result["timings"], result["errors"]
     status = {name: status[name] for name in dag.order if name in status}
 
-    repaired = lockfile.tidy(project, dag.order)  # a stopped `dvc` may have been writing dvc.lock
-    if repaired:
-        logger.warning("%s", repaired)
-    if lockfile.repairs() > repairs:  # stages finished after the copy that was put back lost their entries
-        try:
-            rolled_back = lockfile.recommit(project, [n for n, s in status.items() if s in (RAN, CACHED)])
-        except subprocess.CalledProcessError as e:  # not lost: the next run re-runs them or uses the run-cache
-            rolled_back = []
-            logger.warning("dvc.lock: could not re-record the stages a repair rolled back: %s", e.stderr)
-        if rolled_back:
-            logger.warning("dvc.lock: re-recorded %s (they finished before a repair put back an older copy)",
-                           ", ".join(rolled_back))
-            lockfile.tidy(project, dag.order)
+    # a stopped `dvc` may have been writing dvc.lock; a repair during the run may have rolled entries back
+    finished = [n for n, s in status.items() if s in (RAN, CACHED)]
+    for warning in lockfile.tidy(project, dag.order, finished, repairs_before=repairs):
+        logger.warning("%s", warning)
     failed = [n for n, s in status.items() if s == FAILED]
     blocked = [n for n, s in status.items() if s == BLOCKED]
     interrupted = [n for n, s in status.items() if s == INTERRUPTED]

@@ -123,19 +123,33 @@ def repair(root: str | Path) -> str | None:
         return _repair(Path(root))
 
 
-def tidy(root: str | Path, order: Sequence[str]) -> str | None:
-    """After a run, stopped or not: put back a dvc.lock a stopped `dvc` left broken, write its stages in DAG
-    order, keep it as the good copy. Returns what a repair did, if one was needed."""
+def tidy(root: str | Path, order: Sequence[str], finished: Sequence[str] = (), repairs_before: int | None = None
+         ) -> list[str]:
+    """After a run, stopped or not: put back a dvc.lock a stopped `dvc` left broken; if a repair during the run
+    rolled entries back (`repairs() > repairs_before`), record the `finished` stages again; write the stages in
+    DAG order and keep the result as the good copy. Returns what the run's log should warn about."""
     from labelbudget.orchestrate.dag import sort_lock
 
+    warnings: list[str] = []
     with dvc_repo_lock(root):
         try:
             repaired = _repair(Path(root))
         except LockfileError as e:  # left as it is: the next run stops on it with this line
-            return str(e)
+            return [str(e)]
+        warnings += [repaired] if repaired else []
+    if repairs_before is not None and repairs() > repairs_before:
+        try:  # `dvc` takes the repo lock itself
+            rolled_back = recommit(root, finished)
+        except subprocess.CalledProcessError as e:  # not lost: the next run re-runs them or uses the run-cache
+            rolled_back = []
+            warnings.append(f"dvc.lock: could not re-record the stages a repair rolled back: {e.stderr}")
+        if rolled_back:
+            warnings.append(f"dvc.lock: re-recorded {', '.join(rolled_back)} (they finished before a repair put "
+                            "back an older copy)")
+    with dvc_repo_lock(root):
         sort_lock(root, list(order))
         _snapshot(Path(root))
-    return repaired
+    return warnings
 
 
 def repairs() -> int:
