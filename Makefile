@@ -1,7 +1,8 @@
 # Two entry points, each sets itself up on a fresh machine:
 #   make experiment   run the default experiment end to end (DVC pipeline driven by Prefect)
 #   make test-all     run the whole test suite (what CI runs)
-#   make test         the fast suite, without the end-to-end `slow` tests (a minute or two)
+#   make test         the fast suite: no Prefect server, DVC pipeline or signals (the `slow` tests)
+#   make calibration  the default experiment plus its phone-target topline (profile calibration)
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
@@ -15,7 +16,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export GX_ANALYTICS_ENABLED := false
 export PREFECT_HOME ?= $(CURDIR)/.prefect
 
-.PHONY: experiment test test-all lint install
+.PHONY: experiment calibration test test-all lint install
 
 install: $(STAMP)
 
@@ -30,6 +31,9 @@ $(STAMP): pyproject.toml
 
 experiment: $(STAMP)
 	$(VENV)/bin/labelbudget run --profile default
+
+calibration: $(STAMP)
+	$(VENV)/bin/labelbudget run --profile calibration
 
 test: $(STAMP)
 	$(PY) -m pytest

@@ -66,7 +66,7 @@ def curves(params: dict, size: str, steps: int, corpus_dir: Path, device: torch.
     corpus = Corpus.load(corpus_dir)
     rows = corpus.read(corpus.unlabeled)
     durations = [r["duration"] for r in rows]
-    quantizer = OBJECTIVES[p["objective"]](rows, corpus, p, cfg.n_mels, seed)
+    quantizer = OBJECTIVES[p["objective"]](rows, corpus, p, cfg, seed)
     torch.manual_seed(seed)
     base = make_ssl_module(cfg, p, seed, quantizer).to(device)
     ds = WaveDataset([str(corpus.audio_path(r)) for r in rows], durations)

@@ -36,6 +36,28 @@ RECIPES: dict[str, dict] = {
     "hubert+lr1e-3+recon": {"objective": "hubert", "lr": 1e-3, "warmup_steps": 150, "reconstruction_weight": 1.0},
     "hubert+lr5e-4+recon+short": {"objective": "hubert", "lr": 5e-4, "warmup_steps": 100,
                                   "reconstruction_weight": 1.0, "batch_seconds": 12},
+    # Calibration, not SSL: the same recipe predicting each masked frame's true phone (the 100% of the scale).
+    "topline": {"objective": "phones"},
+    "topline-all-frames": {"objective": "phones", "unmasked_weight": 1.0},
+    # Literature recipes (DESIGN.md, "Pretraining at small scale"), each beside the default recipe.
+    "masked-only": {"reconstruction_weight": 0.0},
+    "corrupt": {"reconstruction_weight": 0.0, "input_corruption": 0.8},
+    "corrupt+head2": {"reconstruction_weight": 0.0, "input_corruption": 0.8, "head_layers": 2},
+    "head2": {"reconstruction_weight": 0.0, "head_layers": 2},
+    "infonce": {"reconstruction_weight": 0.0, "infonce_weight": 1.0},
+    "visible": {"unmasked_weight": 1.0},  # the default recipe also predicting the visible frames' targets
+    "visible+head2": {"unmasked_weight": 1.0, "head_layers": 2},
+    "corrupt+infonce": {"reconstruction_weight": 0.0, "input_corruption": 0.8, "infonce_weight": 1.0},
+    "corrupt+recon": {"input_corruption": 0.8},
+    "corrupt+lr1e-3": {"reconstruction_weight": 0.0, "input_corruption": 0.8, "lr": 1e-3, "warmup_steps": 75},
+    # HuBERT's second iteration with a never-trained teacher: k-means on its layer N (`kmeans_layer`)
+    "teacher0": {"kmeans_layer": 0},
+    "teacher2": {"kmeans_layer": 2},
+    "teacher2+visible": {"kmeans_layer": 2, "unmasked_weight": 1.0},
+    "teacher2+head2": {"kmeans_layer": 2, "head_layers": 2},
+    "teacher2+corrupt": {"kmeans_layer": 2, "input_corruption": 0.8, "reconstruction_weight": 0.0},
+    "corrupt+mask.5": {"reconstruction_weight": 0.0, "input_corruption": 0.8, "mask_prob": 0.2,
+                       "mask_span": 4},
 }
 
 
@@ -110,11 +132,18 @@ def main() -> None:
             "load_at_start": round(load, 2), "commit": commit}
         print(f"{args.size}/{name}: {curve} ({time.time() - t:.0f} s)", flush=True)
         args.out.write_text(json.dumps(results, indent=1) + "\n")
-    print(f"\n| recipe | probe acc by update | best | vs untrained {results[key]['acc']} |\n|---|---|---|---|")
+    floor = results[key]["acc"]
+    tops = {k: r["best"] for k, r in results.items() if k.startswith(f"{args.size}/topline") and "curve" in r}
+    top = max(tops.values(), default=None)
+    print(f"\n| recipe | size | minutes | probe acc by update | best | vs untrained {floor} | share of gap |\n"
+          "|---|---|---|---|---|---|---|")
     for k, r in results.items():
         if "curve" in r and k.startswith(args.size + "/"):
-            print(f"| {k} | {', '.join(f'{s}: {a}' for s, a in r['curve'])} | {r['best']} | "
-                  f"{r['best'] - results[key]['acc']:+.3f} |")
+            share = f"{(r['best'] - floor) / (top - floor):.0%}" if top and top > floor else "n/a"
+            print(f"| {k} | {args.size} | {r['seconds'] / 60:.1f} | {', '.join(f'{s}: {a}' for s, a in r['curve'])} "
+                  f"| {r['best']} | {r['best'] - floor:+.3f} | {share} |")
+    if top:
+        print(f"share of gap: from the untrained encoder ({floor}) to the best topline recipe ({top})")
 
 
 if __name__ == "__main__":

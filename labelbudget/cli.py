@@ -7,8 +7,29 @@ import sys
 from pathlib import Path
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage mistakes get the project's one line (`error: ...`, exit 2), not argparse's usage block."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {self.prog}: {message} (see `{self.prog} --help`)\n")
+
+
+def _at_least(low: int | float):
+    """An argparse type: a number of `low`'s type, >= low (argparse prints the refusal in one line, exit 2)."""
+    def parse(text: str) -> int | float:
+        try:
+            value = type(low)(text)
+        except ValueError:
+            kind = "an integer" if isinstance(low, int) else "a number"
+            raise argparse.ArgumentTypeError(f"{text!r} is not {kind}") from None
+        if not value >= low:  # also refuses nan
+            raise argparse.ArgumentTypeError(f"{text} is out of range: at least {low}")
+        return value
+    return parse
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="labelbudget",
         description="How much labeled data does an ASR need, and how much does a bigger SSL model save? "
         "Runs the sample-efficiency experiment as a DVC pipeline driven by Prefect.",
@@ -16,7 +37,8 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     prof = sub.add_parser(
         "profile",
-        help="compose conf/ with a profile (smoke, default, gpu, paper) into params.yaml; omit NAME to list them",
+        help="compose conf/ with a profile (smoke, default, calibration, gpu, paper) into params.yaml; omit NAME "
+        "to list them",
         description="Compose conf/config.yaml with conf/profile/NAME.yaml (and --set overrides) into params.yaml, "
         "as `dvc exp run -S profile=NAME -S KEY=VALUE` does. Refuses to discard direct edits of params.yaml "
         "unless --force.",
@@ -28,8 +50,20 @@ def main(argv: list[str] | None = None) -> int:
     sizes = sub.add_parser("sizes", help="parameter count and memory estimate of a profile's SSL model sizes")
     sizes.add_argument("--profile", help="a profile name (default: params.yaml as it is)")
     _add_transcribe_parser(sub)
+    dash = sub.add_parser(
+        "dashboard", help="build the experiment's W&B workspace (comparison panels); offline: write its definition",
+        description="Build a W&B workspace for the experiment in params.yaml (project and group from `wandb`): "
+        "the report run's charts of weighted WER/CER against labeled hours with the fitted curves and per test "
+        "set, every finetune's test CER against its labeled hours grouped by upstream, and the pretraining curves. "
+        "With W&B online (wandb.mode or WANDB_MODE) it saves the workspace; otherwise it writes W&B's JSON "
+        "definition of it to --out and exits 0. Needs the `dashboard` extra (wandb-workspaces).")
+    dash.add_argument("--out", type=Path, default=Path("reports/wandb_workspace.json"),
+                      help="where the offline definition goes (default: reports/wandb_workspace.json)")
+    dash.add_argument("--entity", help="W&B entity (default: WANDB_ENTITY, or your default entity when online)")
+    dash.add_argument("--name", help="the workspace's name (default: 'labelbudget: <wandb.group>')")
     args = parser.parse_args(argv)
-    commands = {"transcribe": _transcribe, "run": _run, "sizes": lambda a: _sizes(a.profile), "profile": _profile}
+    commands = {"transcribe": _transcribe, "run": _run, "sizes": lambda a: _sizes(a.profile), "profile": _profile,
+                "dashboard": _dashboard}
     from labelbudget.errors import LabelbudgetError, one_line
 
     try:
@@ -106,6 +140,14 @@ examples:
 """
 
 
+def _dashboard(args: argparse.Namespace) -> int:
+    from labelbudget.config import load_params
+    from labelbudget.dashboard import build
+
+    print(build(load_params(), args.out, args.entity, args.name))
+    return 0
+
+
 def _add_run_parser(sub: argparse._SubParsersAction) -> None:
     run = sub.add_parser(
         "run",
@@ -116,12 +158,12 @@ def _add_run_parser(sub: argparse._SubParsersAction) -> None:
     run.add_argument("targets", nargs="*", metavar="STAGE", help="run only these stages and what they need")
     run.add_argument(
         "--profile",
-        help="compose conf/ with this profile into params.yaml first (smoke, default, gpu, paper); "
+        help="compose conf/ with this profile into params.yaml first (smoke, default, calibration, gpu, paper); "
         "default: params.yaml as it is, or the current profile when --set is given",
     )
     _add_set_option(run)
     run.add_argument("--force", action="store_true", help="let --profile/--set discard direct edits of params.yaml")
-    run.add_argument("--concurrency", type=int, default=2, help="stages running at once (default: 2)")
+    run.add_argument("--concurrency", type=_at_least(1), default=2, help="stages running at once (default: 2)")
     run.add_argument(
         "--task-runner",
         choices=["threads", "dask"],
@@ -129,9 +171,9 @@ def _add_run_parser(sub: argparse._SubParsersAction) -> None:
         help="Prefect task runner: a thread pool (default) or a local Dask cluster (prefect-dask)",
     )
     run.add_argument("--dask-address", help="run tasks on this Dask scheduler instead of a local cluster")
-    run.add_argument("--retries", type=int, default=2, help="retries of a failed stage (default: 2)")
+    run.add_argument("--retries", type=_at_least(0), default=2, help="retries of a failed stage (default: 2)")
     run.add_argument(
-        "--retry-delay", type=float, default=10.0, help="seconds before the first retry, then doubling (10)"
+        "--retry-delay", type=_at_least(0.0), default=10.0, help="seconds before the first retry, then doubling (10)"
     )
     run.add_argument(
         "--remote",
@@ -205,14 +247,16 @@ def _run(args: argparse.Namespace) -> int:
     import os
 
     from labelbudget.config import load_params, project_root
+    from labelbudget.upstreams.base import check_sources
 
     root = project_root()
     args.overrides = _overrides(root, args)
     if args.profile or args.overrides:  # composed and checked before the flow starts: a bad override costs nothing
         from labelbudget import profiles
 
-        profiles.write_params(root, args.profile, args.overrides, force=args.force)
-    load_params(root / "params.yaml")  # the schema, before any stage runs
+        profiles.write_params(root, args.profile, args.overrides, force=args.force,
+                              check=lambda p: check_sources(root, p))
+    check_sources(root, load_params(root / "params.yaml"))  # the schema and the files it names, before any stage
     # Quiet, self-contained Prefect unless the user configured it: state in the project, no telemetry, and
     # room for the first start of the temporary server (it migrates its database).
     os.environ.setdefault("PREFECT_HOME", str(root / ".prefect"))

@@ -99,14 +99,15 @@ def project_root(start: Path | None = None) -> Path:
     raise LabelbudgetError(f"no dvc.yaml in {start} or above: run labelbudget inside the project")
 
 
-def configure_threads() -> int:
-    """Torch threads for this stage process: `LABELBUDGET_THREADS` when set (the flow sets cores / concurrency:
-    on 2 cores two 2-thread jobs side by side spin-wait on each other and run ~10x slower), else torch's default."""
+def configure_threads(requested: int = 0) -> int:
+    """Torch threads for this stage process: `requested` (a params `num_threads`) when > 0, else
+    `LABELBUDGET_THREADS` when set (the flow sets cores / concurrency: on 2 cores two 2-thread jobs side by side
+    spin-wait on each other and run ~10x slower), else torch's default."""
     import os
 
     import torch
 
-    n = int(os.environ.get("LABELBUDGET_THREADS", "0") or 0)
+    n = requested or int(os.environ.get("LABELBUDGET_THREADS", "0") or 0)
     if n > 0:
         torch.set_num_threads(n)
     return torch.get_num_threads()

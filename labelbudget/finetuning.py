@@ -61,7 +61,9 @@ def finetune(key: RunKey, params: dict, features: Path, subsets: Path, corpus_di
     hours = sum(r["duration"] for r in corpus.read(corpus.labeled) if r["id"] in in_budget) / 3600
     config = {**key.as_dict(), "budget_hours": key.minutes / 60, "labeled_hours": hours,
               "utterances": len(train_ids), "max_steps": cfg.max_steps, "downstream": params["finetune"]}
-    run = tracking.init_run(params["wandb"], job_type="finetune", name=key.name, config=config)
+    # the grouping keys (commit, profile) go to W&B only: the checkpoint's meta stays a function of the inputs
+    run = tracking.init_run(params["wandb"], job_type="finetune", name=key.name,
+                            config={**tracking.group_keys(params, key.upstream), **config})
     try:
         logger = tracking.lightning_logger(run)
         result = ds.train(cfg, train_set, dev_set, texts, key.seed, logger=logger)

@@ -18,10 +18,11 @@ from labelbudget.manifest import Corpus
 from labelbudget.ssl import OBJECTIVES, STACK, NonFiniteLossError
 
 FORMAT = "labelbudget-ssl/1"
-# Keys that change the trained weights; the rest (time cap, checkpoint cadence, devices) may change on resume.
-_SEMANTIC = ("objective", "max_steps", "batch_seconds", "lr", "warmup_steps", "weight_decay", "grad_clip",
-             "mask_prob", "mask_span", "codebook_size", "codebook_dim", "kmeans_clusters", "kmeans_utterances",
-             "reconstruction_weight")
+# Keys of params `pretrain` that may change on resume; every other key (a new one included) changes the
+# trained weights, so checkpoints of another value are discarded.
+RESUME_SAFE = ("max_minutes", "checkpoint_every", "devices", "num_nodes", "strategy", "precision", "num_threads")
+# The code a checkpoint's state dict is laid out by.
+_CODE = [Path(__file__).with_name(n) for n in ("ssl.py", "encoder.py", "pretraining.py")]
 
 
 class Monitor(Protocol):
@@ -43,16 +44,49 @@ def resolve_precision(setting: str) -> str:
 
 
 def fingerprint(cfg: EncoderConfig, p: dict, seed: int, manifest: Path) -> str:
-    blob = json.dumps({"cfg": cfg.to_dict(), "p": {k: p[k] for k in _SEMANTIC if k in p}, "seed": seed,
-                       "manifest": hashlib.sha256(manifest.read_bytes()).hexdigest()}, sort_keys=True)
+    blob = json.dumps({"cfg": cfg.to_dict(), "p": {k: v for k, v in p.items() if k not in RESUME_SAFE},
+                       "seed": seed, "manifest": hashlib.sha256(manifest.read_bytes()).hexdigest(),
+                       "code": [hashlib.sha256(f.read_bytes()).hexdigest() for f in _CODE]}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def pretrain(size: str, params: dict, out: Path, corpus_dir: Path = Path("data/corpus"),
+def run_spec(name: str, params: dict) -> tuple[str, dict]:
+    """(encoder size, params `pretrain`) of pretraining run `name`: an SSL size, or a calibration topline of
+    params `toplines` (a size trained with the same recipe, masking and updates, and the topline's own
+    objective and loss weight on the visible frames)."""
+    topline = (params.get("toplines") or {}).get(name)
+    if topline is not None:
+        return topline["size"], {**params["pretrain"], **{k: v for k, v in topline.items() if k != "size"}}
+    if name not in params["models"]:
+        raise ValueError(f"no model size {name!r} in params `models` (have: {', '.join(params['models'])}) "
+                         f"and no topline {name!r} in params `toplines`")
+    return name, params["pretrain"]
+
+
+class LabeledWaves(WaveDataset):
+    """Waveforms with the per-utterance targets of an objective that has them (`phones`)."""
+
+    def __init__(self, rows: list[dict], corpus: Corpus, targets: torch.nn.Module):
+        super().__init__([str(corpus.audio_path(r)) for r in rows], [r["duration"] for r in rows])
+        self.ids, self.targets = [r["id"] for r in rows], targets
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        wav = super().__getitem__(i)
+        return wav, self.targets.labels(self.ids[i], len(wav))
+
+
+def collate_labeled(items: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, ...]:
+    from labelbudget.ssl import pad_labels
+
+    return (*collate_waves([w for w, _ in items]), pad_labels([y for _, y in items]))
+
+
+def pretrain(name: str, params: dict, out: Path, corpus_dir: Path = Path("data/corpus"),
              fail_at_step: int | None = None, monitor: Monitor | None = None) -> dict:
-    """Train `size` and export `out/model.pt`. Checkpoints in `out/checkpoints` are resumed when they belong
-    to the same configuration and data; otherwise they are discarded. `fail_at_step` simulates a crash (tests).
-    `monitor`'s last values and the share of the training time it took land in the summary."""
+    """Train run `name` (an SSL size or a topline, `run_spec`) and export `out/model.pt`. Checkpoints in
+    `out/checkpoints` are resumed when they belong to the same configuration, code and data; otherwise they
+    are discarded. `fail_at_step` simulates a crash (tests). `monitor`'s last values and the share of the
+    training time it took land in the summary."""
     import lightning as L
     from lightning.pytorch.callbacks import Callback, ModelCheckpoint
     from lightning.pytorch.loggers import CSVLogger
@@ -61,9 +95,8 @@ def pretrain(size: str, params: dict, out: Path, corpus_dir: Path = Path("data/c
     from labelbudget import tracking
     from labelbudget.ssl import make_ssl_module
 
-    p, seed = params["pretrain"], int(params["seed"])
-    if size not in params["models"]:
-        raise ValueError(f"no model size {size!r} in params `models` (have: {', '.join(params['models'])})")
+    size, p = run_spec(name, params)
+    seed = int(params["seed"])
     cfg = EncoderConfig.from_params(params["models"][size], params["features"]["n_mels"])
     corpus = Corpus.load(corpus_dir)
     rows = corpus.read(corpus.unlabeled)
@@ -81,7 +114,7 @@ def pretrain(size: str, params: dict, out: Path, corpus_dir: Path = Path("data/c
     last = ckpt_dir / "last.ckpt"
 
     L.seed_everything(seed, workers=True, verbose=False)
-    quantizer = OBJECTIVES[p["objective"]](rows, corpus, p, cfg.n_mels, seed)
+    quantizer = OBJECTIVES[p["objective"]](rows, corpus, p, cfg, seed)
     precision = resolve_precision(p["precision"])
     # Lightning refuses gradient clipping with a fused optimizer under mixed precision (CUDA bf16 crashed at
     # the first step): fused only for full-precision training.
@@ -94,8 +127,11 @@ def pretrain(size: str, params: dict, out: Path, corpus_dir: Path = Path("data/c
             sampler = StepBatchSampler(durations, p["batch_seconds"], p["max_steps"], seed,
                                        start_step=lambda: t.global_step, rank=t.global_rank,
                                        world_size=t.world_size)
-            ds = WaveDataset([str(corpus.audio_path(r)) for r in rows], durations)
-            return torch.utils.data.DataLoader(ds, batch_sampler=sampler, collate_fn=collate_waves,
+            if getattr(quantizer, "per_utterance", False):
+                ds, collate = LabeledWaves(rows, corpus, quantizer), collate_labeled
+            else:
+                ds, collate = WaveDataset([str(corpus.audio_path(r)) for r in rows], durations), collate_waves
+            return torch.utils.data.DataLoader(ds, batch_sampler=sampler, collate_fn=collate,
                                                num_workers=4 if gpu else 0, pin_memory=gpu)
 
     class CrashAt(Callback):
@@ -130,8 +166,9 @@ def pretrain(size: str, params: dict, out: Path, corpus_dir: Path = Path("data/c
     loggers = [CSVLogger(str(out / "logs"), name="", version="")]
     run = None
     if params.get("wandb", {}).get("mode", "offline") != "disabled" and rank_zero_only.rank == 0:
-        run = tracking.init_run(params["wandb"], job_type="pretrain", name=f"pretrain-{size}", config={
-            "size": size, "parameters": count_parameters(module.encoder), **cfg.to_dict(), **p})
+        run = tracking.init_run(params["wandb"], job_type="pretrain", name=f"pretrain-{name}", config={
+            **tracking.group_keys(params, name), "size": size, "objective": p["objective"],
+            "parameters": count_parameters(module.encoder), **cfg.to_dict(), **p})
         loggers.append(tracking.lightning_logger(run))
     trainer = L.Trainer(
         max_steps=p["max_steps"], max_epochs=-1, max_time={"minutes": p["max_minutes"]},
@@ -168,9 +205,9 @@ def pretrain(size: str, params: dict, out: Path, corpus_dir: Path = Path("data/c
         metrics.update(monitoring.last)
         metrics["monitor_seconds"] = round(monitoring.seconds, 2)
         metrics["monitor_share"] = round(monitoring.seconds / max(wall, 1e-9), 4)  # of the wall time of fit
-    summary = {"size": size, "steps": trainer.global_step, "wall_seconds": round(wall, 1),
+    summary = {"upstream": name, "size": size, "steps": trainer.global_step, "wall_seconds": round(wall, 1),
                "parameters": count_parameters(module.encoder), "objective": p["objective"], **metrics}
-    export(module, size, p["objective"], trainer.global_step, out / "model.pt")
+    export(module, name, p["objective"], trainer.global_step, out / "model.pt")
     write_json(out / "metrics.json", summary)
     if hist.exists() and trained_now:
         shutil.copyfile(hist, out / "history.csv")

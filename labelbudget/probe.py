@@ -162,6 +162,7 @@ class PretrainingProbe:
         self.corpus_dir, self.every, self.utterances = Path(corpus_dir), every, utterances
         self.max_iter, self.seed = max_iter, seed
         self._batches: list[tuple[torch.Tensor, torch.Tensor, list[phones.Segments], list[bool]]] | None = None
+        self._untrained: float | None = None
 
     @classmethod
     def from_params(cls, params: dict, corpus_dir: Path) -> PretrainingProbe | None:
@@ -195,11 +196,23 @@ class PretrainingProbe:
                                       [j % 4 == 3 for j in batch]))
 
     def __call__(self, encoder: torch.nn.Module) -> dict[str, float]:
-        """`probe/phone_acc` (best layer, on the held-out quarter) and `probe/best_layer`."""
-        from labelbudget.logmel import HOP, SAMPLE_RATE
-
+        """`probe/phone_acc` (best layer, on the held-out quarter), `probe/best_layer`, and `probe/gain_over_random`:
+        the gain over the same encoder shape never trained (seeded like the `random` upstream, measured once)."""
         if self._batches is None:
             self._prepare(encoder.cfg.n_mels)
+        if self._untrained is None:
+            from labelbudget.encoder import Encoder
+
+            with torch.random.fork_rng(devices=[]):  # the training's random stream stays untouched
+                torch.manual_seed(self.seed)
+                untrained = Encoder(encoder.cfg).to(next(encoder.parameters()).device)
+            self._untrained = self._probe(untrained)["probe/phone_acc"]
+        out = self._probe(encoder)
+        return {**out, "probe/gain_over_random": out["probe/phone_acc"] - self._untrained}
+
+    def _probe(self, encoder: torch.nn.Module) -> dict[str, float]:
+        from labelbudget.logmel import HOP, SAMPLE_RATE
+
         rate = SAMPLE_RATE / HOP / encoder.subsampling
         device = next(encoder.parameters()).device
         was_training = encoder.training

@@ -16,6 +16,7 @@ import hashlib
 import json
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -120,9 +121,10 @@ def unsaved_edits(root: Path) -> list[str]:
 
 
 def write_params(root: Path, profile: str | None = None, overrides: list[str] | tuple[str, ...] = (),
-                 force: bool = False) -> Path:
+                 force: bool = False, check: Callable[[dict], None] | None = None) -> Path:
     """Compose `profile` (default: the current one) with `overrides` into params.yaml, atomically; refuse to
-    overwrite direct edits of params.yaml unless `force`."""
+    overwrite direct edits of params.yaml unless `force`. `check` runs on the composed params before anything
+    is written (a run checks that files the params name exist)."""
     profile = profile or current(root)[0]
     _known(root, profile)
     path = root / PARAMS
@@ -133,6 +135,8 @@ def write_params(root: Path, profile: str | None = None, overrides: list[str] | 
         _compose_to(root, Path(tmp), [f"profile={profile}", *overrides])
         body = Path(tmp).read_text()
         check_params(yaml.safe_load(body), where="composed params")
+        if check:
+            check(yaml.safe_load(body))
         edits = [] if force else unsaved_edits(root)
         if edits:
             shown = ", ".join(edits[:8]) + (" ..." if len(edits) > 8 else "")
@@ -159,11 +163,12 @@ def size_overrides(params: dict, sizes: list[str]) -> list[str]:
     out = [f"ssl_sizes={value(list(sizes))}"]
     if "upstreams" not in params:
         return out
-    ups = params["upstreams"] or {}
-    out += [f"~upstreams.{n}" for n, s in ups.items() if s.get("kind") == "ssl" and s.get("size", n) not in sizes]
+    ups, toplines = params["upstreams"] or {}, params.get("toplines") or {}
+    dropped = {n for n, s in ups.items()
+               if s.get("kind") == "ssl" and n not in toplines and s.get("size", n) not in sizes}
+    out += [f"~upstreams.{n}" for n in dropped]
     out += [f"+upstreams.{n}={value({'kind': 'ssl', 'source': f'models/pretrain/{n}/model.pt'})}"
             for n in sizes if n not in ups]
-    dropped = {n for n, s in ups.items() if s.get("kind") == "ssl" and s.get("size", n) not in sizes}
     out += [f"report.{role}=null" for role, name in (params.get("report") or {}).items() if name in dropped]
     return out
 

@@ -151,7 +151,7 @@ class Features(Section):
 
 
 class Pretrain(Section):
-    objective: Literal["bestrq", "hubert"]
+    objective: Literal["bestrq", "hubert", "phones"]
     max_steps: PositiveInt
     max_minutes: Positive
     batch_seconds: Positive
@@ -165,13 +165,24 @@ class Pretrain(Section):
     codebook_dim: PositiveInt
     kmeans_clusters: Annotated[int, Field(ge=2)]
     kmeans_utterances: PositiveInt
+    kmeans_layer: NonNegativeInt | None = None  # hubert: k-means on a never-trained encoder's layer (None: log-mel)
     reconstruction_weight: NonNegative = 0.0
+    input_corruption: Fraction = 0.0  # share of utterances whose input (not targets) is degraded on the fly
+    head_layers: NonNegativeInt = 0  # Transformer layers of the prediction head apart from the encoder
+    unmasked_weight: NonNegative = 0.0  # loss weight of the visible frames' targets (0: masked frames only)
+    infonce_weight: NonNegative = 0.0  # contrastive term, distractors from the same utterance (0: off)
     precision: Literal[PRECISIONS] | Literal[16, 32, 64]  # type: ignore[valid-type]
     checkpoint_every: PositiveInt
     devices: PositiveInt | Literal["auto"] = 1
     num_nodes: PositiveInt = 1
     strategy: str = "auto"
     num_threads: NonNegativeInt = 0
+
+
+class Topline(Section):
+    size: str
+    objective: Literal["phones"]
+    unmasked_weight: NonNegative = 1.0
 
 
 class Extract(Section):
@@ -266,6 +277,7 @@ class Params(Section):
     validate_: Validate = Field(alias="validate")
     subsets: Subsets
     ssl_sizes: list[str]
+    toplines: dict[str, Topline] = {}
     upstreams: Annotated[dict[str, Upstream], Field(min_length=1)]
     models: dict[str, Model]
     features: Features
@@ -283,9 +295,23 @@ class Params(Section):
         for size in self.ssl_sizes:
             if size not in self.models:
                 raise ValueError(f"ssl_sizes: {size!r} has no shape in `models` (have {', '.join(self.models)})")
+        layer = self.pretrain.kmeans_layer
+        for size in self.ssl_sizes:
+            if layer is not None and layer > self.models[size].layers:
+                raise ValueError(f"pretrain.kmeans_layer {layer}: size {size!r} has layers 0-{self.models[size].layers}"
+                                 " (0: the front end's output)")
+        for name, top in self.toplines.items():
+            if top.size not in self.models:
+                raise ValueError(f"toplines.{name}.size {top.size!r} is not a key of `models`")
+            if name in self.ssl_sizes:
+                raise ValueError(f"toplines.{name}: the name is also an SSL size; a topline needs its own name")
+            if self.corpus.source != "synth":
+                raise ValueError(f"toplines.{name} (objective {top.objective}) needs phone alignments, which only "
+                                 f"the synthesized corpus has (corpus.source is {self.corpus.source!r}): drop it, "
+                                 f"--set 'toplines={{}}' '~upstreams.{name}'")
         for name, spec in self.upstreams.items():
             size = spec.size or name
-            if spec.kind == "ssl" and size not in self.ssl_sizes:
+            if spec.kind == "ssl" and size not in self.ssl_sizes and name not in self.toplines:
                 raise ValueError(f"upstreams.{name} is an ssl upstream of size {size!r}, which ssl_sizes "
                                  f"{self.ssl_sizes} does not pre-train; drop it (--set '~upstreams.{name}') "
                                  "or add the size to ssl_sizes")

@@ -9,6 +9,8 @@ in the environment wins over params (CI and tests set `disabled` or `offline`). 
 from __future__ import annotations
 
 import os
+import subprocess
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +26,33 @@ def init_run(wandb_params: dict, *, job_type: str, name: str, config: dict[str, 
     return wandb.init(project=wandb_params.get("project", "labelbudget"), group=wandb_params.get("group"),
                       job_type=job_type, name=name, config=config, dir=str(directory),
                       mode=os.environ["WANDB_MODE"], reinit="finish_previous")
+
+
+@cache
+def commit() -> str | None:
+    """The git commit the code runs at (None outside a git checkout): a W&B workspace groups runs by it."""
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def group_keys(params: dict, upstream: str) -> dict[str, Any]:
+    """The config keys every run of one upstream carries so a W&B workspace can group and filter by them:
+    upstream, kind, size, objective (None for an upstream that was never pre-trained), profile, commit."""
+    ups = params.get("upstreams") or {}
+    spec = ups.get(upstream) or {} if isinstance(ups, dict) else {}
+    kind = spec.get("kind", "ssl")
+    size = objective = None
+    if kind == "ssl":
+        top = (params.get("toplines") or {}).get(upstream)
+        size = top["size"] if top else spec.get("size", upstream)
+        objective = top["objective"] if top else params.get("pretrain", {}).get("objective")
+    elif kind == "random":
+        size = spec.get("size")
+    return {"upstream": upstream, "kind": kind, "size": size, "objective": objective,
+            "profile": params.get("profile"), "commit": commit()}
 
 
 def lightning_logger(run: Any) -> Any:

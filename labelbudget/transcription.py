@@ -15,7 +15,6 @@ import numpy as np
 import torch
 
 from labelbudget.errors import LabelbudgetError
-from labelbudget.io import read_jsonl
 
 
 class TranscriptionError(LabelbudgetError, ValueError):
@@ -28,8 +27,8 @@ def read_inputs(paths: Sequence[Path], manifest: Path | None, root: Path | None)
     if manifest is not None:
         base = root or manifest.parent
         rows = []
-        for k, r in enumerate(read_jsonl(manifest)):
-            if "audio" not in r:
+        for k, r in enumerate(_manifest_rows(manifest)):
+            if not isinstance(r, dict) or "audio" not in r:
                 raise TranscriptionError(f"{manifest}: line {k + 1} has no `audio` field")
             rows.append({"id": str(r.get("id", k)), "audio": base / r["audio"], "text": r.get("text")})
     else:
@@ -43,17 +42,63 @@ def read_inputs(paths: Sequence[Path], manifest: Path | None, root: Path | None)
     return rows
 
 
+def _manifest_rows(manifest: Path) -> list:
+    if not manifest.is_file():
+        raise TranscriptionError(f"{manifest}: manifest not found")
+    rows = []
+    for k, line in enumerate(manifest.read_text(encoding="utf-8", errors="replace").splitlines()):
+        if line.strip():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as e:
+                raise TranscriptionError(f"{manifest}: line {k + 1} is not JSON ({e.msg}); one JSON object per "
+                                         'line, e.g. {"id": "a", "audio": "a.flac", "text": "..."}') from None
+    return rows
+
+
+def load_model(model_dir: Path) -> tuple:
+    """The finetune's downstream model and meta; one line for a missing, damaged or foreign checkpoint."""
+    from labelbudget.downstream import load_checkpoint
+
+    path = model_dir / "model.pt"
+    if not path.is_file():
+        raise TranscriptionError(f"{path}: no downstream checkpoint (a models/finetune/<run> folder of a "
+                                 "finished finetune)")
+    try:
+        return load_checkpoint(path)
+    except (KeyError, TypeError) as e:
+        raise TranscriptionError(f"{path}: not a finetune checkpoint of labelbudget (no {e})") from None
+    except Exception as e:  # torch.load: truncated zip, pickle, unsupported types... one line, not its traceback
+        raise TranscriptionError(f"{path}: damaged or not a labelbudget checkpoint: "
+                                 f"{' '.join(str(e).split())[:200]}") from None
+
+
+def load_waves(rows: list[dict]) -> list[torch.Tensor]:
+    from labelbudget.audio import AudioDecodeError, load, resample
+
+    wavs = []
+    for r in rows:
+        try:
+            wav, sr = load(r["audio"], mono=True)
+        except AudioDecodeError as e:
+            raise TranscriptionError(str(e)) from None
+        if len(wav) < sr * 0.05:
+            raise TranscriptionError(f"{r['audio']}: {len(wav)} samples: too short to transcribe (under 50 ms)")
+        wavs.append(torch.from_numpy(resample(wav, sr) if sr != 16000 else wav).float())
+    return wavs
+
+
 def transcribe_files(model_dir: Path, rows: list[dict], params: dict, batch_seconds: float = 60.0,
                      device: str = "auto") -> list[dict]:
     """Each row with its hypothesis `hyp` (normalised text, as the evaluation writes it)."""
     from labelbudget import upstreams
-    from labelbudget.audio import load, resample
     from labelbudget.batching import bucket_batches, collate_waves
     from labelbudget.decoding import make_decoder
-    from labelbudget.downstream import FeatureDataset, load_checkpoint, transcribe
+    from labelbudget.downstream import FeatureDataset, transcribe
     from labelbudget.extraction import autocast, featurize, resolve_device, weights_dtype
 
-    model, meta = load_checkpoint(model_dir / "model.pt")
+    wavs = load_waves(rows)  # every input decodes before anything heavy is loaded
+    model, meta = load_model(model_dir)
     name = meta["upstream"]
     up = upstreams.load(name, params)
     trained_on = (meta.get("features_meta") or {}).get("checkpoint_sha256")
@@ -66,10 +111,6 @@ def transcribe_files(model_dir: Path, rows: list[dict], params: dict, batch_seco
     bf16 = (meta.get("features_meta") or {}).get("compute") == "bf16"
     up.to(dev, weights_dtype(dev, bf16))
     model.to(dev)
-    wavs = []
-    for r in rows:
-        wav, sr = load(r["audio"], mono=True)
-        wavs.append(torch.from_numpy(resample(wav, sr) if sr != 16000 else wav).float())
     feats: dict[str, np.ndarray] = {}
     with autocast(dev, bf16):
         for batch in bucket_batches([len(w) / 16000 for w in wavs], batch_seconds):

@@ -87,6 +87,22 @@ def corrupt_audio(root: Path) -> None:
     (root / "audio" / "labeled" / "l-001.flac").write_bytes(b"not audio at all")
 
 
+def a_clip(root: Path) -> None:
+    write_audio(root / "clip.flac", tone(0))
+
+
+def a_checkpoint(payload: bytes | dict) -> Callable[[Path], None]:
+    """A clip to transcribe and, in place of the finetune's model.pt, bytes or a torch-saved object."""
+    def setup(root: Path) -> None:
+        import torch
+
+        a_clip(root)
+        path = root / "models" / "finetune" / "large-2-0" / "model.pt"
+        path.write_bytes(payload) if isinstance(payload, bytes) else torch.save(payload, path)
+
+    return setup
+
+
 def full_disk(root: Path) -> None:
     a_corpus(root)
     (root / "data" / "subsets").mkdir(parents=True)
@@ -114,10 +130,12 @@ CASES = [
     Case("misspelt-key", r"Could not override 'finetune\.lrr'", ["run", "--set", "finetune.lrr=1"]),
     Case("added-unknown-key", r"finetune\.lrr: unknown key; allowed here: layer, dim",
          ["run", "--set", "+finetune.lrr=1"]),
-    Case("unknown-choice", r"pretrain\.objective = 'wav2vec': input should be 'bestrq' or 'hubert'",
+    Case("unknown-choice", r"pretrain\.objective = 'wav2vec': input should be 'bestrq', 'hubert' or 'phones'",
          ["run", "--set", "pretrain.objective=wav2vec"]),
     Case("heads-do-not-divide", r"models\.large: dim 320 must be a multiple of heads 3",
          ["run", "--set", "models.large.heads=3"]),
+    Case("kmeans-layer-too-deep", r"pretrain\.kmeans_layer 9: size 'small' has layers 0-\d+",
+         ["run", "--set", "pretrain.kmeans_layer=9"]),
     Case("unknown-upstream-kind", r"upstreams\.small: kind 'nope' is not a module of labelbudget/upstreams",
          ["run", "--set", "upstreams.small.kind=nope"]),
     Case("dropped-size-still-compared", r"report\.larger 'large' is not an upstream .*report\.larger=null",
@@ -126,9 +144,27 @@ CASES = [
          ["run", "--set", "evaluate.weights={moon: 1}"]),
     Case("ingest-without-path", r"source 'librispeech' needs corpus\.ingest\.path",
          ["run", "--set", "corpus.source=librispeech"]),
-    Case("unknown-profile", r"unknown profile 'nosuch'; available: default, gpu, paper, smoke",
+    Case("unknown-profile", r"unknown profile 'nosuch'; available: calibration, default, gpu, paper, smoke",
          ["run", "--profile", "nosuch"]),
+    # (this workspace holds no code, so the code files other upstreams name are listed too)
+    Case("upstream-source-missing", r"upstreams\.fbank\.source 'nowhere/fbank\.py'.*: not found under .* no stage "
+         "writes it", ["run", "--set", "upstreams.fbank.source=nowhere/fbank.py"]),
     Case("sizes-of-unknown-profile", r"unknown profile 'nosuch'", ["sizes", "--profile", "nosuch"]),
+    # command-line options, refused by the parser before anything is read
+    Case("zero-concurrency", r"argument --concurrency: 0 is out of range: at least 1", ["run", "--concurrency", "0"]),
+    Case("negative-retry-delay", r"argument --retry-delay: -1 is out of range: at least 0",
+         ["run", "--retry-delay", "-1"]),
+    # transcribe: inputs and checkpoints are checked before anything heavy runs
+    Case("transcribe-manifest-not-json", r"mine\.jsonl: line 2 is not JSON",
+         ["transcribe", "models/finetune/large-2-0", "--manifest", "mine.jsonl"],
+         setup=write("mine.jsonl", '{"id": "a", "audio": "clip.flac"}\nid,audio\n')),
+    Case("transcribe-undecodable-audio", r"clip\.wav: cannot decode audio",
+         ["transcribe", "models/finetune/large-2-0", "clip.wav"], setup=write("clip.wav", "not audio")),
+    Case("transcribe-damaged-checkpoint", r"model\.pt: damaged or not a labelbudget checkpoint",
+         ["transcribe", "models/finetune/large-2-0", "clip.flac"], setup=a_checkpoint(b"PK\x03\x04truncated")),
+    Case("transcribe-foreign-checkpoint", r"model\.pt: not a finetune checkpoint of labelbudget \(no 'config'\)",
+         ["transcribe", "models/finetune/large-2-0", "clip.flac"],
+         setup=a_checkpoint({"format": 1, "encoder": {}})),
     # params.yaml edited by hand, then a plain run
     Case("edited-params-wrong-type", r"params\.yaml: finetune\.batch_size = 'many': input should be a valid "
          "integer", ["run"], setup=set_params(finetune__batch_size="many")),
@@ -187,7 +223,10 @@ def run_case(case: Case, root: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[i
             raise AssertionError("the pipeline started on bad input")
 
         monkeypatch.setattr(flows, "experiment", started)
-        return main(case.cli), ""
+        try:
+            return main(case.cli), ""
+        except SystemExit as e:  # the option parser's refusal
+            return e.code, ""
     script = str(REPO / case.stage[0])
     code = f"{case.prelude}\nimport runpy, sys\nsys.argv = {[script, *case.stage[1:]]!r}\n" \
            f"runpy.run_path({script!r}, run_name='__main__')"

@@ -339,7 +339,7 @@ def test_finetune_evaluate_report_stages_run_end_to_end(workdir):
 
 def test_finetune_writes_an_offline_wandb_run_with_test_scores_in_its_summary(workdir, monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "offline")
-    run_finetune("fbank", "0.5")
+    run_finetune("fbank", "0.5", upstreams={"fbank": {"kind": "fbank"}}, profile="tiny")
     import wandb
 
     wandb.teardown()  # the W&B service writes the run file in the background; a stage process flushes at exit
@@ -349,3 +349,9 @@ def test_finetune_writes_an_offline_wandb_run_with_test_scores_in_its_summary(wo
     data = logs[0].read_bytes()
     for key in (b"test/alpha/wer", b"test/beta/cer", b"dev/best_cer", b"budget_hours", b"finetune"):
         assert key in data
+    from wandb_records import run_contents
+
+    config = run_contents(logs[0])["config"]  # the keys a W&B workspace groups and filters finetunes by
+    assert {k: config[k] for k in ("upstream", "kind", "size", "objective", "budget_minutes", "seed")} == {
+        "upstream": "fbank", "kind": "fbank", "size": None, "objective": None, "budget_minutes": 0.5, "seed": 0}
+    assert config["budget_hours"] == pytest.approx(0.5 / 60) and config["profile"] == "tiny" and "commit" in config

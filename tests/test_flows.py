@@ -34,6 +34,8 @@ from labelbudget.orchestrate.publish import metrics_markdown  # noqa: E402
 from labelbudget.orchestrate.scheduler import UP_TO_DATE, classify  # noqa: E402
 
 DVC = [sys.executable, "-m", "dvc"]
+# A Prefect server, DVC subprocesses and signals: the `slow` marker's definition (`make test-all` runs them).
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="session")
@@ -379,7 +381,9 @@ def test_a_dvc_lock_broken_during_a_run_is_put_back_and_the_stages_are_retried(p
     (root / ".break-lock-once").mkdir()
     (root / ".break-lock-once" / "finetune-a-1").touch()
     result = run(root, retries=3, retry_delay_s=0.1)
-    assert set(result["stages"].values()) == {"ran"}
+    # a stage beside it whose lock write the broken file refused is retried: DVC restores it from its run cache
+    assert set(result["stages"].values()) <= {"ran", "restored from run-cache"}
+    assert result["stages"]["finetune@a-1"] == "ran"
     assert attempts(root, "finetune-a-1") == 2  # killed once; the attempt DVC refused never started it
     assert (root / ".dvc" / "tmp" / "dvc.lock.broken").read_text().endswith("\n[")
     assert dvc_status(root) == {}

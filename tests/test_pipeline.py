@@ -98,6 +98,18 @@ def test_wandb_offline_runs_hold_pretraining_metrics(smoke_project):
     pretraining = [d for d in logs if b"pretrain" in d and b"train/loss" in d]
     assert len(pretraining) == 2 and all(b"train/masked_acc" in d and b"probe/phone_acc" in d for d in pretraining)
     assert sum(b"test/in_domain/wer" in d for d in logs) >= 8  # every finetune's summary
+    from wandb_records import offline_runs
+
+    runs = offline_runs(smoke_project)
+    report = [(d, c) for d, c in runs if c["config"].get("judged_on")]
+    assert len(report) == 1
+    run_dir, contents = report[0]
+    logged = contents["history"][0]
+    rows = json.loads((run_dir / "files" / logged["results/path"]).read_text())["data"]
+    assert len(rows) == 8 * (3 + 1)  # every finetune x (the smoke profile's 3 test sets + weighted)
+    assert {f"_wandb/visualize/charts/weighted_{m}" for m in ("wer", "cer")} <= set(contents["config"])
+    finetunes = [c["config"] for _, c in runs if "budget_hours" in c["config"]]
+    assert len(finetunes) == 8 and all(c["profile"] == "smoke" and c["kind"] for c in finetunes)
 
 
 @pytest.mark.slow
@@ -115,7 +127,11 @@ def test_transcribe_reproduces_the_evaluation_of_a_finished_finetune(smoke_proje
 
 # Read on purpose without being a param: finetune checks the evaluation weights against the test sets before
 # training, but they do not change the model (dvc.yaml says so beside the stage).
-READ_UNDECLARED = {"finetune": {"evaluate.weights"}}
+# Reads that must not re-run a stage: the weights only checked early; W&B's settings and the grouping labels
+# (labelbudget.tracking.group_keys: profile, the upstream's kind/size and the objective) of a run's config.
+GROUP_LABELS = {"profile", "upstreams.", "toplines.", "pretrain.objective", "wandb."}
+READ_UNDECLARED = {"finetune": {"evaluate.weights", *GROUP_LABELS}, "pretrain": GROUP_LABELS, "topline": GROUP_LABELS,
+                   "report": GROUP_LABELS}
 
 
 @pytest.mark.slow
@@ -132,9 +148,31 @@ def test_every_param_a_stage_reads_is_declared_in_dvc_yaml(smoke_project):
     for r in records:
         name, keys = declared[" ".join(r["argv"])]
         allowed = READ_UNDECLARED.get(name.split("@")[0], set())
-        undeclared = [k for k in r["keys"] if k not in allowed
+        undeclared = [k for k in r["keys"] if not any(k == a or (a.endswith(".") and k.startswith(a)) for a in allowed)
                       and not any(k == d or k.startswith(d + ".") for d in keys)]
         assert not undeclared, f"stage {name} reads params it does not declare in dvc.yaml: {undeclared}"
+
+
+def stale_after(project: Path, override: str) -> set[str]:
+    """Stages `dvc status` reports changed once params.yaml holds `override` (the composition put back after)."""
+    from labelbudget.profiles import PARAMS, STATE
+
+    saved = {f: (project / f).read_bytes() for f in (PARAMS, STATE)}
+    try:
+        run(["labelbudget", "profile", "smoke", "--set", override], project)
+        out = run(["dvc", "status", "--json"], project).stdout
+    finally:
+        for f, data in saved.items():
+            (project / f).write_bytes(data)
+    return set(json.loads(out))
+
+
+@pytest.mark.slow
+def test_a_params_change_re_runs_what_it_affects_and_nothing_else(smoke_project):
+    # `dvc status` lists the stages whose own dependencies changed; the DAG re-runs what depends on them
+    assert stale_after(smoke_project, "wandb.group=renamed") == {"report"}  # W&B labels retrain nothing
+    finetunes = {f"finetune@{u}-{b}-0" for u in ("small", "large", "fbank", "random") for b in (1, 2)}
+    assert stale_after(smoke_project, "finetune.lr=0.002") == finetunes  # then their evaluations and the report
 
 
 # Stages killed with SIGKILL part-way, in this order (each after its upstream finished), with a delay drawn
@@ -208,3 +246,27 @@ def test_kill_9_at_random_points_then_rerun_gives_the_uninterrupted_outputs(smok
     assert not list(project.rglob(".*.tmp")), "a killed stage's temporary files were left behind"
     status = subprocess.run(["dvc", "status", "--json"], cwd=project, capture_output=True, text=True, check=True)
     assert json.loads(status.stdout) == {}
+
+
+@pytest.mark.slow
+def test_adding_the_topline_runs_only_its_stages_and_the_report_judges_it(smoke_project, tmp_path):
+    project = tmp_path / "calibrated"
+    shutil.copytree(smoke_project, project, symlinks=True)
+    run(["labelbudget", "profile", "smoke", "--set", "+toplines.topline={size: large, objective: phones}",
+         "--set", "+upstreams.topline={kind: ssl, source: models/pretrain/topline/model.pt}"], project)
+    r = run(["dvc", "repro"], project)
+    ran = {line.split("'")[1] for line in r.stdout.splitlines() if line.startswith("Running stage")}
+    assert ran == {"topline@topline", "extract@topline", "probe@topline", "finetune@topline-1-0",
+                   "finetune@topline-2-0", "evaluate@topline-1-0", "evaluate@topline-2-0", "report"}
+    pm = json.loads((project / "models/pretrain/topline/metrics.json").read_text())
+    assert pm["objective"] == "phones" and pm["upstream"] == "topline" and 0 < pm["probe/phone_acc"] <= 1
+    metrics = json.loads((project / "reports/metrics.json").read_text())
+    verdicts = {"holds", "does not hold", "inconclusive", "invalid"}
+    assert set(metrics["comparisons"]) == {"topline-vs-random", "small-vs-random", "large-vs-random",
+                                           "large-vs-small"}
+    assert all(set(v) == {"1", "2"} and set(v.values()) <= verdicts for v in metrics["comparisons"].values())
+    assert metrics["calibration"]["topline"] == "topline" and metrics["calibration"]["verdict"] in verdicts
+    assert set(metrics["calibration"]["error_gap_share"]) == {"small", "large"}
+    results = (project / "reports/results.md").read_text()
+    assert "## Calibration (not SSL)" in results and "## Per-budget comparisons" in results
+    assert "topline" not in json.dumps(metrics["findings"])  # never counted in F0-F3

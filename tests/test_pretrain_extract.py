@@ -67,11 +67,22 @@ def test_checkpoints_of_another_config_are_not_resumed(tmp_path, corpus):
     assert summary["steps"] == 3  # started over instead of resuming at step 6
 
 
-def test_hubert_objective_trains_on_kmeans_targets(tmp_path, corpus):
-    summary = pretrain("small", params(objective="hubert", kmeans_clusters=16, kmeans_utterances=8,
-                                       max_steps=3), tmp_path, corpus.dir)
+@pytest.mark.parametrize("layer", [None, 1], ids=["log-mel", "untrained-encoder-layer-1"])
+def test_hubert_objective_trains_on_kmeans_targets_of_log_mel_or_a_never_trained_encoder(tmp_path, corpus, layer):
+    from labelbudget.encoder import Encoder, EncoderConfig
+
+    p = params(objective="hubert", kmeans_clusters=16, kmeans_utterances=8, kmeans_layer=layer, max_steps=3)
+    summary = pretrain("small", p, tmp_path, corpus.dir)
     blob = torch.load(tmp_path / "model.pt", weights_only=True)
-    assert blob["quantizer"]["centroids"].shape[0] == 16 and summary["objective"] == "hubert"
+    cfg = EncoderConfig.from_params(p["models"]["small"], p["features"]["n_mels"])
+    centroids = blob["quantizer"]["centroids"]
+    assert centroids.shape == (16, cfg.dim if layer else 4 * cfg.n_mels) and summary["objective"] == "hubert"
+    assert len(torch.unique(centroids, dim=0)) == 16
+    if layer:  # the teacher is the `random` upstream's encoder, untouched by training
+        torch.manual_seed(p["seed"])
+        control = Encoder(cfg).state_dict()
+        teacher = {k.removeprefix("teacher."): v for k, v in blob["quantizer"].items() if k.startswith("teacher.")}
+        assert teacher.keys() == control.keys() and all(torch.equal(teacher[k], control[k]) for k in control)
 
 
 def test_bf16_mixed_precision_with_gradient_clipping_trains(tmp_path, corpus):

@@ -253,3 +253,37 @@ def test_report_shows_phone_accuracy_per_layer_with_the_best_layer_marked(tmp_pa
     assert metrics["phone_probe"]["large"] == {"best_layer": 1, "accuracy": 0.55, "chance": 0.1}
     csv = (tmp_path / "reports/phone_probe.csv").read_text().splitlines()
     assert csv[0].startswith("upstream,layer,accuracy,chance,best") and len(csv) == 1 + 1 + 3
+
+
+def test_the_offline_report_run_holds_every_scored_row_and_wandb_line_charts(tmp_path, fixture_params, monkeypatch):
+    from wandb_records import offline_runs
+
+    from labelbudget.report.wandb_run import ROW_COLUMNS, X_NAME
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    fixture_params.update(profile="fixture", wandb={"project": "labelbudget-test", "group": "test",
+                                                    "mode": "offline"})
+    R.make_report(fixture_params, Path("results/eval"), Path("models/pretrain"), Path("reports"))
+    import wandb
+
+    wandb.teardown()  # the W&B service writes the run file in the background
+    (run_dir, run), = offline_runs(tmp_path)
+    assert run["config"]["profile"] == "fixture" and "commit" in run["config"]
+    logged = run["history"][0]
+    table = json.loads((run_dir / "files" / logged["results/path"]).read_text())
+    assert table["columns"] == ROW_COLUMNS
+    # 4 upstreams x 2 budgets x 2 seeds x (2 test sets + weighted)
+    assert len(table["data"]) == 4 * 2 * 2 * 3
+    row = next(r for r in table["data"] if r[0] == "fbank" and r[4] == 60 and r[6] == 1 and r[7] == "weighted")
+    assert row[5] == pytest.approx(1.0) and row[8] == pytest.approx(0.35) and row[9] == pytest.approx(0.175)
+    for chart in ("charts/weighted_wer", "charts/weighted_cer", "charts/cer_A", "charts/cer_B"):
+        panel = run["config"][f"_wandb/visualize/{chart}"]["panel_config"]
+        assert panel["panelDefId"] == "wandb/lineseries/v0" and panel["stringSettings"]["xname"] == X_NAME
+        points = json.loads((run_dir / "files" / logged[f"{chart}_table/path"]).read_text())
+        assert {r[points["columns"].index("lineKey")] for r in points["data"]} == set(UPSTREAMS)
+    points = json.loads((run_dir / "files" / logged["charts/weighted_wer_table/path"]).read_text())
+    cols = points["columns"]
+    large_60 = [r for r in points["data"] if r[cols.index("lineKey")] == "large"
+                and r[cols.index("step")] == pytest.approx(0.0)]  # log10(1 h)
+    assert [r[cols.index("lineVal")] for r in large_60] == [pytest.approx(0.25)]

@@ -6,7 +6,7 @@ import torch
 
 from labelbudget.encoder import Encoder, EncoderConfig, inference_layer
 from labelbudget.logmel import LogMel, normalize
-from labelbudget.ssl import KMeansQuantizer, RandomProjectionQuantizer, make_ssl_module, span_mask
+from labelbudget.ssl import KMeansQuantizer, RandomProjectionQuantizer, TeacherKMeans, make_ssl_module, span_mask
 
 P = {"lr": 1e-3, "weight_decay": 0.01, "warmup_steps": 1, "max_steps": 10, "mask_prob": 0.15, "mask_span": 4,
      "codebook_size": 32, "codebook_dim": 8}
@@ -41,6 +41,33 @@ def test_projection_and_codebook_unchanged_by_an_optimizer_step():
     assert not torch.equal(encoder_before, module.encoder.layers[0].linear1.weight)  # training happened
     for k, v in module.quantizer.state_dict().items():
         assert torch.equal(v, before[k]), k
+
+
+def test_a_never_trained_teacher_gives_its_layers_kmeans_ids_and_stays_frozen_through_training():
+    import lightning as L
+
+    torch.manual_seed(0)
+    teacher = Encoder(CFG)
+    wav = torch.randn(4, 16000)
+    feats, flens = LogMel(CFG.n_mels)(wav, torch.full((4,), 16000))
+    feats = normalize(feats, flens)
+    frames = teacher.eval().final_norm(teacher(feats, flens, max_layer=1)[0][1]).detach()
+    q = TeacherKMeans(teacher, 1, KMeansQuantizer.fit(frames.reshape(-1, CFG.dim), 8))
+    expected = torch.cdist(frames, q.centroids[None].expand(4, -1, -1)).argmin(-1)
+    assert torch.equal(q.from_features(feats, flens), expected)
+    assert 1 < expected.unique().numel()
+
+    module = make_ssl_module(CFG, {**P, "objective": "hubert"}, seed=0, quantizer=q)
+    before = {k: v.clone() for k, v in q.state_dict().items()}
+    loss, stats = module.ssl_loss(wav, torch.full((4,), 16000), step=0)
+    assert torch.isfinite(loss) and float(stats["train/target_usage"]) > 0
+    trainer = L.Trainer(max_steps=2, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False)
+    data = torch.utils.data.DataLoader([(wav[i], torch.tensor(16000)) for i in range(4)], batch_size=2)
+    trainer.fit(module, data)
+    assert module.training and not q.teacher.training  # no dropout in the targets
+    assert all(torch.equal(v, before[k]) for k, v in q.state_dict().items())
+    assert torch.equal(q.from_features(feats, flens), expected)
 
 
 def test_quantizer_identical_after_checkpoint_round_trip(tmp_path):
@@ -78,6 +105,13 @@ def test_kmeans_recovers_well_separated_clusters():
     for k in range(3):
         assert labels[k * 200 : (k + 1) * 200].unique().numel() == 1
     assert labels.unique().numel() == 3
+
+
+def test_a_kmeans_cluster_that_loses_all_its_frames_keeps_its_centroid():
+    frames = torch.tensor([[1.0, 1.0], [3.0, 1.0]])
+    centroids = torch.tensor([[0.0, 0.0], [50.0, 50.0]])
+    moved = KMeansQuantizer.update(frames, torch.tensor([0, 0]), centroids)
+    assert moved.tolist() == [[2.0, 1.0], [50.0, 50.0]]  # not collapsed toward the origin
 
 
 def test_encoder_stops_at_the_highest_requested_layer():

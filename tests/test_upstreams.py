@@ -81,3 +81,16 @@ def test_hf_kind_names_a_folder_it_cannot_load(tmp_path):
     pytest.importorskip("transformers")
     with pytest.raises(upstreams.UpstreamError, match=r"upstreams.w2v: cannot load"):
         upstreams.load("w2v", params(w2v={"kind": "hf", "model": str(tmp_path / "missing")}))
+
+
+def test_sources_a_stage_writes_are_not_missing_and_others_are(tmp_path):
+    from labelbudget.upstreams.base import missing_sources
+
+    (tmp_path / "ckpt").mkdir()
+    params = {"ssl_sizes": ["small"], "toplines": {"topline": {}},
+              "upstreams": {"small": {"kind": "ssl", "source": "models/pretrain/small/model.pt"},
+                            "topline": {"kind": "ssl", "source": "models/pretrain/topline/model.pt"},
+                            "large": {"kind": "ssl", "source": "models/pretrain/large/model.pt"},
+                            "mine": {"kind": "hf", "source": "ckpt"}, "gone": {"kind": "hf", "source": "nope"}}}
+    assert missing_sources(tmp_path, params) == ["upstreams.large.source 'models/pretrain/large/model.pt'",
+                                                 "upstreams.gone.source 'nope'"]

@@ -43,6 +43,7 @@ class ReportConfig:
     bootstrap: int = 1000
     ci: float = 0.95
     seed: int = 0
+    toplines: list[str] = field(default_factory=list)  # calibration upstreams: never in F0-F3
 
     @classmethod
     def from_params(cls, params: dict) -> ReportConfig:
@@ -52,7 +53,8 @@ class ReportConfig:
                   budgets_min=sorted(params["subsets"]["budgets_min"], key=float),
                   seeds=list(params["subsets"]["seeds"]), weights=e.get("weights", M.WORD_COUNT_WEIGHTS),
                   bootstrap=int(e.get("bootstrap", 1000)), ci=float(e.get("ci", 0.95)),
-                  seed=int(e.get("bootstrap_seed", 0)), **r)
+                  seed=int(e.get("bootstrap_seed", 0)),
+                  toplines=[t for t in (params.get("toplines") or {}) if t in params["upstreams"]], **r)
         return cfg  # roles name upstreams or are None (labelbudget.schema checks it)
 
 

@@ -8,12 +8,15 @@ from pathlib import Path
 from labelbudget import metrics as M
 from labelbudget.io import read_json
 from labelbudget.report.aggregate import (
+    METRICS,
     ReportConfig,
     aggregate,
     hours_to_match,
     judged_metric,
     load_runs,
 )
+from labelbudget.report.calibration import comparisons, error_gap_shares, probe_gap_shares, sensitivity
+from labelbudget.report.curves import fit_curves
 from labelbudget.report.findings import findings, upstream_health
 from labelbudget.report.plots import plot_pretraining
 from labelbudget.report.render import write_report
@@ -40,10 +43,16 @@ def build(eval_dir: str | Path, cfg: ReportConfig, pretraining: Mapping[str, dic
         match = {**hours_to_match(hrs, curve, target), "target": target, "metric": metric,
                  "largest_hours": max(hrs)}
         match["ratio"] = max(hrs) / match["hours"] if match["hours"] else None
+    comps = comparisons(reps, cfg, table, metric, health)
+    calibration = {"sensitivity": sensitivity(comps, cfg), "error_gap": error_gap_shares(table, reps, cfg, metric),
+                   "probe_gap": probe_gap_shares(probe or {}, cfg)}
+    curves = {m: fit_curves(table, agg["runs"], reps, cfg.budgets_min, m, cfg.ci, cfg.smaller, cfg.larger)
+              for m in METRICS}
     total = sum(h["runs"] for h in health.values())
     converged = sum(h["converged"] for h in health.values())
     return {"judged_on": metric, "judged_why": why, "largest_budget": largest, **agg,
             "findings": findings(table, reps, cfg, metric, health), "match": match, "health": health,
+            "comparisons": comps, "calibration": calibration, "curves": curves,
             "converged": {"runs": total, "converged": converged,
                           "valid": total > 0 and converged >= cfg.min_converged * total},
             "pretraining": dict(pretraining or {}), "probe": dict(probe or {}),
@@ -55,12 +64,11 @@ def make_report(params: dict, eval_dir: Path, pretrain_dir: Path, out: Path, pro
     """Aggregate every evaluation under `eval_dir` into the report under `out` (see the stage's docstring),
     with the pretraining diagnostics of `pretrain_dir/<size>/` and the phone probes of `probe_dir/<upstream>/`;
     log it to a W&B run when params has `wandb`."""
-    from labelbudget import tracking
-
     cfg = ReportConfig.from_params(params)
     # Pretraining diagnostics (loss, masked accuracy, target usage) sit beside the findings they explain, and
     # a size whose pretraining is missing or non-finite makes every finding about it invalid.
-    pretraining = {s: read_json(pretrain_dir / s / "metrics.json") for s in params.get("ssl_sizes", [])
+    pretraining = {s: read_json(pretrain_dir / s / "metrics.json") for s in [*params.get("ssl_sizes", []),
+                                                                             *cfg.toplines]
                    if (pretrain_dir / s / "metrics.json").exists()}
     probe = {u: read_json(probe_dir / u / "metrics.json") for u in cfg.upstreams
              if probe_dir is not None and (probe_dir / u / "metrics.json").exists()}
@@ -72,26 +80,13 @@ def make_report(params: dict, eval_dir: Path, pretrain_dir: Path, out: Path, pro
         paths["pretraining"] = out / "figures" / "pretraining.png"
     for k, f in result["findings"].items():
         print(f"{k}: {f['verdict']} - {f['detail']}")
+    if result["calibration"]["sensitivity"]:
+        c = result["calibration"]["sensitivity"]
+        print(f"calibration: {c['verdict']} - {c['detail']}")
     print(f"judged on weighted {result['judged_on'].upper()}; report in {paths['results']}")
 
     if "wandb" in params:
-        import pandas as pd
+        from labelbudget.report.wandb_run import log_report
 
-        import wandb
-
-        run = tracking.init_run(params["wandb"], job_type="report", name="report",
-                                config={"upstreams": cfg.upstreams, "budgets_min": cfg.budgets_min,
-                                        "seeds": cfg.seeds, "judged_on": result["judged_on"]})
-        try:
-            tables = {k: pd.read_csv(paths[f]) for k, f in (("sample_efficiency", "curve_csv"),
-                                                             ("per_test_set", "per_test_csv"),
-                                                             ("phone_probe", "probe_csv"))}
-            run.log({**{k: wandb.Table(dataframe=df) for k, df in tables.items() if len(df)},
-                     **{f"figures/{p.stem}": wandb.Image(str(p)) for p in paths.values() if p.suffix == ".png"}})
-            tracking.set_summary(run, {f"finding/{k}": f["verdict"] for k, f in result["findings"].items()})
-            if result["match"]:
-                tracking.set_summary(run, {"match_hours": result["match"]["hours"],
-                                           "match_ratio": result["match"]["ratio"]})
-        finally:
-            tracking.finish(run)
+        log_report(params, cfg, result, paths)
     return result

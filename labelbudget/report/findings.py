@@ -28,7 +28,7 @@ def upstream_health(runs: Sequence[Run], cfg: ReportConfig, pretraining: Mapping
                             f"NaN loss): {', '.join(degenerate[:4])}")
         if rs and converged < cfg.min_converged * len(rs):
             problems.append(f"only {converged}/{len(rs)} finetunes converged (the rest hit the step maximum)")
-        if pretraining is not None and u in cfg.ssl_sizes:
+        if pretraining is not None and (u in cfg.ssl_sizes or u in cfg.toplines):
             pm = pretraining.get(u)
             if pm is None:
                 problems.append("no pretraining diagnostics")

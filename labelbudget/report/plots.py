@@ -23,15 +23,28 @@ def plot_curves(result: dict, cfg: ReportConfig, metric: str, path: str | Path) 
     for u in cfg.upstreams:
         ws = [result["table"][u][budget_name(b)]["weighted"] for b in cfg.budgets_min]
         mean = [w[metric] for w in ws]
-        line, = ax.plot(hours, mean, marker="o", label=u)
-        ax.fill_between(hours, [w[f"{metric}_ci"][0] for w in ws], [w[f"{metric}_ci"][1] for w in ws],
-                        color=line.get_color(), alpha=0.18, linewidth=0)
+        top = u in cfg.toplines  # a calibration, not an SSL result: dashed and labelled so
+        band = (result.get("curves") or {}).get(metric, {}).get("bands", {}).get(u)
+        label = f"{u} (calibration)" if top else u
+        if band:  # the fitted power law over the points, its band from the bootstrap fits
+            line, = ax.plot(band["hours"], band["fit"], label=label, linestyle="--" if top else "-")
+            ax.plot(hours, mean, marker="o", linestyle="none", color=line.get_color())
+            if band["low"]:
+                ax.fill_between(band["hours"], band["low"], band["high"], color=line.get_color(), alpha=0.18,
+                                linewidth=0)
+        else:  # no fit: the points joined, the band of each mean
+            line, = ax.plot(hours, mean, marker="o", label=label, linestyle="--" if top else "-")
+            ax.fill_between(hours, [w[f"{metric}_ci"][0] for w in ws], [w[f"{metric}_ci"][1] for w in ws],
+                            color=line.get_color(), alpha=0.18, linewidth=0)
         ax.errorbar(hours, mean, yerr=[w[f"{metric}_std"] for w in ws], fmt="none", ecolor=line.get_color(),
                     capsize=3, linewidth=1)
     ax.set_xscale("log")
     ax.set_xlabel("labeled hours (log scale)")
     ax.set_ylabel(f"weighted {metric.upper()}")
-    ax.set_title(f"Weighted {metric.upper()} vs labeled hours (band: 95% bootstrap CI, bars: seed std)")
+    fitted = bool((result.get("curves") or {}).get(metric, {}).get("bands"))
+    what = "line: fitted c + a·h^-b, band: its 95% bootstrap CI" if fitted else "band: 95% bootstrap CI"
+    ax.set_title(f"Weighted {metric.upper()} vs labeled hours\n({what}; points: seed means, bars: seed std)",
+                 fontsize=10)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(title="upstream")
     _save(fig, path)

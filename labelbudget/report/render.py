@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from labelbudget.report.aggregate import METRICS, ReportConfig
+from labelbudget.report.curves import curves_markdown, curves_summary
 from labelbudget.report.plots import plot_curves, plot_per_test, plot_probe
 from labelbudget.runs import budget_name
 
@@ -63,9 +64,19 @@ def metrics_summary(result: dict) -> dict:
                            for b, e in by_b.items()} for u, by_b in result["table"].items()}
     out["tests"] = {u: {b: {t: {m: round(v[m], 4) for m in METRICS} for t, v in e["tests"].items()}
                         for b, e in by_b.items()} for u, by_b in result["table"].items()}
+    out["comparisons"] = {k: c["verdicts"] for k, c in result.get("comparisons", {}).items()}
+    cal = result.get("calibration") or {}
+    if cal.get("sensitivity"):
+        out["calibration"] = {"verdict": cal["sensitivity"]["verdict"], "topline": cal["sensitivity"]["topline"],
+                              "error_gap_share": {s: {b: v["share"] for b, v in by_b.items()}
+                                                  for s, by_b in cal["error_gap"].items()},
+                              "probe_gap_share": {s: None if v["best"] is None else round(v["best"], 4)
+                                                  for s, v in cal["probe_gap"].items()}}
     if result["match"]:
         out["match_hours"] = result["match"]["hours"]
         out["match_ratio"] = result["match"]["ratio"]
+    if result.get("curves"):
+        out["curves"] = curves_summary(result["curves"][result["judged_on"]])
     probes = {u: pr for u, pr in result.get("probe", {}).items() if "accuracy" in pr}
     if probes:
         out["phone_probe"] = {u: {"best_layer": pr["best_layer"], "accuracy": round(pr["best"], 4),
@@ -105,6 +116,51 @@ def _fmt(v: float | None, pct: bool = False) -> str:
     if v is None or (isinstance(v, float) and not math.isfinite(v)):
         return "n/a"
     return f"{v:+.1%}" if pct else f"{v:.3f}"
+
+
+def _pct(v: float | None) -> str:
+    return "n/a" if v is None else f"{v:.0%}"
+
+
+def calibration_markdown(result: dict, cfg: ReportConfig) -> list[str]:
+    """The topline against the control, per-budget verdicts of every pair, and the share-of-gap scale."""
+    comps, cal = result.get("comparisons") or {}, result.get("calibration") or {}
+    if not comps:
+        return []
+    budgets = [budget_name(b) for b in cfg.budgets_min]
+    m = result["judged_on"].upper()
+    lines = ["", "## Per-budget comparisons", "",
+             f"Each pair: candidate minus reference, weighted {m}, {cfg.ci:.0%} paired bootstrap interval; "
+             "holds when it lies below zero.", "",
+             "| pair | " + " | ".join(f"{b} min" for b in budgets) + " |", "|---" * (len(budgets) + 1) + "|"]
+    for name, c in comps.items():
+        cells = (f"{c['verdicts'][b]} [{c['intervals'][b][0]:+.3f}, {c['intervals'][b][1]:+.3f}]" for b in budgets)
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    sens = cal.get("sensitivity")
+    if sens:
+        top = sens["topline"]
+        lines += ["", "## Calibration (not SSL)", "",
+                  f"`{top}` is the same encoder, recipe and updates trained on each masked frame's true phone: a "
+                  "topline, never counted in F0-F3. "
+                  f"**{sens['claim']}: {sens['verdict']}** ({sens['detail']}). If it does not hold, the downstream "
+                  "is the bottleneck and F0 says nothing about the pretraining.", ""]
+        if cal.get("error_gap"):
+            lines += [f"Share of the `{cfg.control}`-to-`{top}` weighted {m} gap each SSL size closes (0% = never "
+                      f"trained, 100% = topline; [{cfg.ci:.0%} interval]):", "",
+                      "| upstream | " + " | ".join(f"{b} min" for b in budgets) + " |",
+                      "|---" * (len(budgets) + 1) + "|"]
+            for s, by_b in cal["error_gap"].items():
+                cells = (f"{_pct(by_b[b]['share'])}" + (f" [{_pct(by_b[b]['interval'][0])}, "
+                                                        f"{_pct(by_b[b]['interval'][1])}]"
+                                                        if by_b[b]["interval"] else "") for b in budgets)
+                lines.append(f"| {s} | " + " | ".join(cells) + " |")
+        if cal.get("probe_gap"):
+            lines += ["", f"Phone probe on the same scale (`{cfg.control}`'s best layer = 0%, `{top}`'s = 100%):", "",
+                      "| upstream | best layer | per layer |", "|---|---|---|"]
+            for s, v in cal["probe_gap"].items():
+                per = ", ".join(f"{k}: {_pct(x)}" for k, x in v["layers"].items())
+                lines.append(f"| {s} | {_pct(v['best'])} | {per} |")
+    return lines
 
 
 def results_markdown(result: dict, cfg: ReportConfig, figures: Sequence[str]) -> str:
@@ -149,6 +205,7 @@ def results_markdown(result: dict, cfg: ReportConfig, figures: Sequence[str]) ->
         if f.get("numbers") and k in ("F0", "F1"):
             lines.append("  " + "; ".join(f"{b} min: " + ", ".join(f"{u} {v:.3f}" for u, v in nums.items())
                                            for b, nums in f["numbers"].items()))
+    lines += calibration_markdown(result, cfg)
     match = result["match"]
     if match:
         if match["ratio"]:
@@ -159,6 +216,8 @@ def results_markdown(result: dict, cfg: ReportConfig, figures: Sequence[str]) ->
         lines += ["", "## Label hours the larger model needs to match the smaller one", "",
                   f"`{cfg.smaller}` at the largest budget ({match['largest_hours']:.3g} h): weighted "
                   f"{m.upper()} {match['target']:.3f}. `{cfg.larger}` {reach}"]
+    if result.get("curves"):
+        lines += curves_markdown(result["curves"][m], cfg.ci)
     lines += ["", f"## {m.upper()} per test set (mean over seeds)", "",
               "| upstream | budget (min) | " + " | ".join(result["test_sets"]) + " |",
               "|---|---" + "|---" * len(result["test_sets"]) + "|"]
@@ -187,8 +246,8 @@ def results_markdown(result: dict, cfg: ReportConfig, figures: Sequence[str]) ->
                          f"| {weights} |")
     lines += probe_markdown(result.get("probe", {}))
     if result.get("pretraining"):
-        lines += ["", "## SSL pretraining (evidence for the premise F0)", "",
-                  "| size | parameters | updates | wall (s) | final loss | masked accuracy | target usage "
+        lines += ["", "## Pretraining (evidence for the premise F0; a topline's row is its calibration)", "",
+                  "| run | parameters | updates | wall (s) | final loss | masked accuracy | target usage "
                   "| target perplexity | phone probe (held-out, best layer) |", "|---|---|---|---|---|---|---|---|---|"]
         for size, pm in result["pretraining"].items():
             lines.append(f"| {size} | {pm.get('parameters', 0) / 1e6:.1f}M | {pm.get('steps', 'n/a')} "

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 import pkgutil
 from abc import ABC, abstractmethod
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -71,3 +72,22 @@ def load(name: str, params: dict[str, Any]) -> Upstream:
                             f"available: {', '.join(available_kinds())}")
     module = importlib.import_module(f"labelbudget.upstreams.{kind}")
     return module.build(name, spec, params)
+
+
+def missing_sources(root: Path, params: dict) -> list[str]:
+    """Upstream `source` files that neither exist under `root` nor come from a stage (the pretrain and topline
+    stages write models/pretrain/<name>/): each would stop its extract stage after the run started."""
+    produced = [f"models/pretrain/{n}/" for n in [*params.get("ssl_sizes", []), *(params.get("toplines") or {})]]
+    out = []
+    for name, spec in params.get("upstreams", {}).items():
+        source = str(spec.get("source") or "")
+        if source and not (root / source).exists() and not any(source.startswith(p) for p in produced):
+            out.append(f"upstreams.{name}.source {source!r}")
+    return out
+
+
+def check_sources(root: Path, params: dict) -> None:
+    missing = missing_sources(root, params)
+    if missing:
+        raise UpstreamError(f"{', '.join(missing)}: not found under {root} and no stage writes it; point it at "
+                            "an existing file or folder (models/pretrain/<size>/model.pt is the pretrain stage's)")

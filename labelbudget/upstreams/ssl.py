@@ -1,6 +1,7 @@
-"""Kind `ssl`: an encoder pre-trained by this project's `pretrain` stage, loaded from its export.
+"""Kind `ssl`: an encoder pre-trained by this project's `pretrain` (or `topline`) stage, loaded from its export.
 
-    small: {kind: ssl, source: models/pretrain/small/model.pt}   # size: small (default: the upstream's name)
+    small: {kind: ssl, source: models/pretrain/small/model.pt}   # size: small (default: the upstream's name,
+    topline: {kind: ssl, source: models/pretrain/topline/model.pt}  # or the size of params `toplines.<name>`)
 """
 
 from __future__ import annotations
@@ -70,7 +71,8 @@ def load_checkpoint(path: Path, expected: EncoderConfig | None = None) -> Encode
 
 def build(name: str, spec: dict[str, Any], params: dict[str, Any]) -> EncoderUpstream:
     path = Path(spec.get("source") or f"models/pretrain/{name}/model.pt")
-    size = spec.get("size", name)
+    topline = (params.get("toplines") or {}).get(name) or {}
+    size = spec.get("size") or topline.get("size") or name
     models = params.get("models", {})
     expected = EncoderConfig.from_params(models[size], params["features"]["n_mels"]) if size in models else None
     return EncoderUpstream(name, load_checkpoint(path, expected), sha256_file(path))
