@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from labelbudget import audio, phones
-from labelbudget.manifest import Corpus, write_manifest
+from labelbudget.manifest import CLEAN_DIR, Corpus, write_manifest
 from labelbudget.schema import TEST_SETS
 
 ACCENTS = ["en-US", "en", "en-GB-x-rp", "en-029", "en-GB-scotland", "en-GB-x-gbclan", "en-GB-x-gbcwmd", "en-US-nyc"]
@@ -116,6 +116,8 @@ def _render_shard(job: tuple[int, list[dict], str]) -> list[dict]:
                   for name, a, b in segments]
         wav = audio.peak_normalize(wav, float(rng.uniform(0.3, 0.8)))
         eff = u["effect"]
+        if eff and u["domain"].startswith("unlabeled"):  # the targets of `clean_targets` pretraining
+            audio.save(Path(out_dir).parent / CLEAN_DIR / f"{u['id']}.flac", np.clip(wav, -0.99, 0.99))
         if eff and eff[0] == "noise":
             wav = audio.add_noise(wav, eff[1], rng, eff[2])
         elif eff and eff[0] == "reverb":
@@ -134,7 +136,7 @@ def _render_shard(job: tuple[int, list[dict], str]) -> list[dict]:
 
 def synthesize(cfg: SynthConfig, out: Path, progress: Callable[[int], None] | None = None) -> Corpus:
     """Write audio, manifests and phone alignments (labelbudget.phones) of every part under `out` (audio in
-    `out/audio`)."""
+    `out/audio`), and the clean rendering of every degraded unlabeled utterance (`out/clean`)."""
     parts = plan(cfg)
     jobs, owners = [], []
     for part, utts in parts.items():

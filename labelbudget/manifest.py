@@ -23,6 +23,10 @@ FIELDS: dict[str, type | tuple[type, ...]] = {
     "domain": str,
 }
 TEST_PREFIX = "test-"
+# Clean renderings of degraded unlabeled utterances (synthesized corpus only): `clean/<id>.flac` in the corpus
+# directory, the same speech before its noise, reverberation or telephone channel. Pretraining with
+# `clean_targets` computes its targets from them while the encoder hears the degraded audio (WavLM).
+CLEAN_DIR = "clean"
 
 
 def inside(root: Path | str, path: Path | str) -> bool:
@@ -59,6 +63,11 @@ class Corpus:
 
     def audio_path(self, row: dict) -> Path:
         return self.root / row["audio"]
+
+    def clean_path(self, row: dict) -> Path | None:
+        """The clean rendering of a degraded utterance, or None (a clean one, or a corpus without them)."""
+        path = self.dir / CLEAN_DIR / f"{row['id']}.flac"
+        return path if path.exists() else None
 
     def save_meta(self) -> None:
         # Audio inside the corpus directory is recorded relative to it, so the directory can move (DVC cache).

@@ -13,8 +13,9 @@ import torch
 
 from labelbudget.batching import StepBatchSampler, WaveDataset, collate_waves
 from labelbudget.encoder import EncoderConfig, count_parameters
+from labelbudget.errors import LabelbudgetError
 from labelbudget.io import atomic_path, write_json
-from labelbudget.manifest import Corpus
+from labelbudget.manifest import CLEAN_DIR, Corpus
 from labelbudget.ssl import OBJECTIVES, STACK, NonFiniteLossError
 
 FORMAT = "labelbudget-ssl/1"
@@ -63,22 +64,49 @@ def run_spec(name: str, params: dict) -> tuple[str, dict]:
     return name, params["pretrain"]
 
 
-class LabeledWaves(WaveDataset):
-    """Waveforms with the per-utterance targets of an objective that has them (`phones`)."""
+class PretrainWaves(WaveDataset):
+    """Unlabeled waveforms, each with what its recipe needs beside it: the per-utterance targets of an objective
+    that has them (`phones`) and, with `clean`, the utterance's clean rendering (itself when it has none)."""
 
-    def __init__(self, rows: list[dict], corpus: Corpus, targets: torch.nn.Module):
+    def __init__(self, rows: list[dict], corpus: Corpus, targets: torch.nn.Module, clean: bool = False):
         super().__init__([str(corpus.audio_path(r)) for r in rows], [r["duration"] for r in rows])
-        self.ids, self.targets = [r["id"] for r in rows], targets
+        self.ids = [r["id"] for r in rows]
+        self.targets = targets if getattr(targets, "per_utterance", False) else None
+        self.clean = [corpus.clean_path(r) for r in rows] if clean else None
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         wav = super().__getitem__(i)
-        return wav, self.targets.labels(self.ids[i], len(wav))
+        extra = {}
+        if self.targets is not None:
+            extra["labels"] = self.targets.labels(self.ids[i], len(wav))
+        if self.clean is not None:
+            extra["clean"] = wav if self.clean[i] is None else self.load_clean(self.clean[i], len(wav))
+        return wav, extra
+
+    @staticmethod
+    def load_clean(path: Path, samples: int) -> torch.Tensor:
+        from labelbudget import audio
+
+        wav, sr = audio.load(str(path), mono=True)
+        wav = torch.from_numpy(audio.resample(wav, sr))
+        return torch.nn.functional.pad(wav, (0, max(0, samples - len(wav))))[:samples]  # telephone: +-1 sample
 
 
-def collate_labeled(items: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, ...]:
+def collate_pretrain(items: list[tuple[torch.Tensor, dict]]) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    """(waves, lengths, extras): the extras padded like the waves (labels with -1)."""
     from labelbudget.ssl import pad_labels
 
-    return (*collate_waves([w for w, _ in items]), pad_labels([y for _, y in items]))
+    wav, lengths = collate_waves([w for w, _ in items])
+    extra = {}
+    if "labels" in items[0][1]:
+        extra["labels"] = pad_labels([e["labels"] for _, e in items])
+    if "clean" in items[0][1]:
+        extra["clean"] = collate_waves([e["clean"] for _, e in items])[0]
+    return wav, lengths, extra
+
+
+class MissingCleanRenderingsError(LabelbudgetError, ValueError):
+    """`clean_targets` on a corpus without clean renderings of its degraded unlabeled utterances."""
 
 
 def pretrain(name: str, params: dict, out: Path, corpus_dir: Path = Path("data/corpus"),
@@ -103,6 +131,10 @@ def pretrain(name: str, params: dict, out: Path, corpus_dir: Path = Path("data/c
     durations = [r["duration"] for r in rows]
     if p["objective"] not in OBJECTIVES:
         raise ValueError(f"params pretrain.objective: {p['objective']!r} is not one of {', '.join(OBJECTIVES)}")
+    if p.get("clean_targets") and not (corpus.dir / CLEAN_DIR).is_dir():
+        raise MissingCleanRenderingsError(
+            f"params pretrain.clean_targets needs clean renderings of the degraded unlabeled utterances "
+            f"({corpus.dir / CLEAN_DIR}), which only the synthesized corpus has: --set pretrain.clean_targets=false")
 
     ckpt_dir = out / "checkpoints"
     fp = fingerprint(cfg, p, seed, corpus.manifest_path(corpus.unlabeled))
@@ -127,11 +159,8 @@ def pretrain(name: str, params: dict, out: Path, corpus_dir: Path = Path("data/c
             sampler = StepBatchSampler(durations, p["batch_seconds"], p["max_steps"], seed,
                                        start_step=lambda: t.global_step, rank=t.global_rank,
                                        world_size=t.world_size)
-            if getattr(quantizer, "per_utterance", False):
-                ds, collate = LabeledWaves(rows, corpus, quantizer), collate_labeled
-            else:
-                ds, collate = WaveDataset([str(corpus.audio_path(r)) for r in rows], durations), collate_waves
-            return torch.utils.data.DataLoader(ds, batch_sampler=sampler, collate_fn=collate,
+            ds = PretrainWaves(rows, corpus, quantizer, clean=bool(p.get("clean_targets")))
+            return torch.utils.data.DataLoader(ds, batch_sampler=sampler, collate_fn=collate_pretrain,
                                                num_workers=4 if gpu else 0, pin_memory=gpu)
 
     class CrashAt(Callback):

@@ -167,6 +167,7 @@ class Pretrain(Section):
     kmeans_utterances: PositiveInt
     kmeans_layer: NonNegativeInt | None = None  # hubert: k-means on a never-trained encoder's layer (None: log-mel)
     reconstruction_weight: NonNegative = 0.0
+    clean_targets: bool = False  # targets from clean renderings of the degraded unlabeled audio (synth corpus)
     input_corruption: Fraction = 0.0  # share of utterances whose input (not targets) is degraded on the fly
     head_layers: NonNegativeInt = 0  # Transformer layers of the prediction head apart from the encoder
     unmasked_weight: NonNegative = 0.0  # loss weight of the visible frames' targets (0: masked frames only)

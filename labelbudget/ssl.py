@@ -3,9 +3,11 @@
 
 All predict, with cross-entropy, the discrete target of every masked frame. The quantizer's tensors are
 buffers: frozen (never in the optimizer), saved in and restored from the checkpoint. Recipe options beside the
-objective: `input_corruption` degrades the input on the fly while targets come from the audio as stored (WavLM,
-WavAugment), `head_layers` puts Transformer layers between the encoder and the target classifier (data2vec 2.0,
-MAE: the encoder's top layers are not pulled toward the targets), `reconstruction_weight` adds an L1 term,
+objective: `clean_targets` computes the targets from each degraded utterance's clean rendering while the encoder
+hears the degraded audio (WavLM), `input_corruption` degrades the input on the fly while targets come from the
+audio as stored or its clean rendering (WavAugment), `head_layers` puts Transformer layers between the encoder
+and the target classifier (data2vec 2.0, MAE: the encoder's top layers are not pulled toward the targets),
+`reconstruction_weight` adds an L1 term,
 `unmasked_weight` a cross-entropy term on the visible frames (HuBERT's 1 - alpha; the topline uses it),
 `infonce_weight` a contrastive term (wav2vec 2.0, CPC) with distractors from the same utterance.
 """
@@ -254,7 +256,10 @@ def kmeans_targets(rows: list[dict], corpus: Corpus, p: dict, cfg: EncoderConfig
             teacher = Encoder(cfg).eval()
     g = torch.Generator().manual_seed(seed)
     pick = torch.randperm(len(rows), generator=g)[: p["kmeans_utterances"]].tolist()
-    data = WaveDataset([str(corpus.audio_path(rows[i])) for i in pick], [rows[i]["duration"] for i in pick])
+    # The clusters of the audio the targets are computed from: clean renderings with `clean_targets`.
+    clean = [corpus.clean_path(rows[i]) if p.get("clean_targets") else None for i in pick]
+    data = WaveDataset([str(c or corpus.audio_path(rows[i])) for c, i in zip(clean, pick, strict=True)],
+                       [rows[i]["duration"] for i in pick])
     logmel, frames = LogMel(cfg.n_mels), []
     for k in range(len(data)):
         wav = data[k][None]
@@ -346,17 +351,20 @@ def make_ssl_module(cfg: EncoderConfig, p: dict, seed: int, quantizer: nn.Module
             return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
         def ssl_loss(self, wav: torch.Tensor, lengths: torch.Tensor, step: int, rank: int = 0,
-                     labels: torch.Tensor | None = None):
+                     labels: torch.Tensor | None = None, clean: torch.Tensor | None = None):
             """Masked-prediction loss of one batch and its diagnostics; `labels`: per-utterance targets
-            (B, frames) of an objective that has them (`phones`), -1 where there is none."""
+            (B, frames) of an objective that has them (`phones`), -1 where there is none; `clean`: each
+            utterance's clean rendering (B, samples), the source of the targets while the encoder hears `wav`."""
             # Masks, dropout and corruption depend only on (seed, step, rank): a resumed run repeats them.
             torch.manual_seed(self.seed * 1_000_003 + step * 101 + rank)
             gen = torch.Generator().manual_seed(self.seed + 7919 * step + rank)
-            feats, flens = self.logmel(wav, lengths)
+            feats, flens = self.logmel(wav if clean is None else clean, lengths)
             feats = normalize(feats, flens)
-            if self.corruption > 0:  # targets (and the L1 term) from the audio as stored, the input degraded
+            if self.corruption > 0:  # targets (and the L1 term) from the clean or stored audio, the input degraded
                 noisy = corrupt(wav, lengths, self.corruption, np.random.default_rng([self.seed, step, rank]))
                 inputs = normalize(self.logmel(noisy, lengths)[0], flens)
+            elif clean is not None:
+                inputs = normalize(self.logmel(wav, lengths)[0], flens)
             else:
                 inputs = feats
             out_len = subsampled_lengths(flens)
@@ -410,8 +418,8 @@ def make_ssl_module(cfg: EncoderConfig, p: dict, seed: int, quantizer: nn.Module
             return loss, stats
 
         def training_step(self, batch, _idx):
-            wav, lengths, *labels = batch
-            loss, stats = self.ssl_loss(wav, lengths, self.global_step, self.global_rank, *labels)
+            wav, lengths, *extra = batch  # extra: {labels, clean} when the recipe has them (collate_pretrain)
+            loss, stats = self.ssl_loss(wav, lengths, self.global_step, self.global_rank, **(extra[0] if extra else {}))
             check_finite_loss(loss, self.global_step)  # before backward: NaN never reaches the weights
             acc = stats["train/masked_acc"]
             self.log_dict({"train/loss": loss, **stats, "train/lr": self.optimizers().param_groups[0]["lr"]},

@@ -200,3 +200,57 @@ def test_the_topline_pretrains_and_exports_like_an_ssl_size(synth_corpus, tmp_pa
     blob = torch.load(tmp_path / "topline" / "model.pt", weights_only=True)
     assert blob["objective"] == "phones" and blob["size"] == "topline"
     assert np.isfinite(summary["train/loss"]) and 0 <= summary["train/masked_acc"] <= 1
+
+
+def test_the_synthesized_corpus_keeps_a_clean_rendering_of_each_degraded_unlabeled_utterance(synth_corpus):
+    from labelbudget import audio
+
+    rows = synth_corpus.read(synth_corpus.unlabeled)
+    degraded = [r for r in rows if r["domain"] != "unlabeled-clean"]
+    assert degraded and len(degraded) < len(rows)
+    for r in rows:
+        assert (synth_corpus.clean_path(r) is None) == (r["domain"] == "unlabeled-clean")
+    for r in degraded[:4]:
+        clean, _ = audio.load(str(synth_corpus.clean_path(r)), mono=True)
+        heard, _ = audio.load(str(synth_corpus.audio_path(r)), mono=True)
+        assert abs(len(clean) - len(heard)) <= 1 and not np.allclose(clean[: len(heard)], heard[: len(clean)])
+    for part in (synth_corpus.labeled, *map(synth_corpus.test_part, synth_corpus.tests)):
+        assert all(synth_corpus.clean_path(r) is None for r in synth_corpus.read(part))
+
+
+def test_clean_targets_come_from_the_clean_audio_while_the_encoder_hears_the_degraded_one():
+    torch.manual_seed(0)
+    clean, lengths = torch.randn(2, 16000) * 0.1, torch.tensor([16000, 12000])
+    clean[1, 12000:] = 0
+    heard = clean + 0.05 * torch.randn_like(clean)
+    heard[1, 12000:] = 0
+    module = make_ssl_module(CFG, {**P, "clean_targets": True}, seed=0)
+    seen: dict[str, list[torch.Tensor]] = {"targets": [], "input": []}
+    module.quantizer.register_forward_hook(lambda _m, args, _o: seen["targets"].append(args[0]))
+    module.encoder.subsample.register_forward_hook(lambda _m, args, _o: seen["input"].append(args[0]))
+    same = module.ssl_loss(clean, lengths, step=0)[0]
+    assert torch.equal(module.ssl_loss(clean, lengths, step=0, clean=clean)[0], same)  # a clean utterance: itself
+    denoise = module.ssl_loss(heard, lengths, step=0, clean=clean)[0]
+    noisy = module.ssl_loss(heard, lengths, step=0)[0]
+    # targets of the clean audio, input of the degraded one
+    assert torch.equal(seen["targets"][2], seen["targets"][0]) and torch.equal(seen["input"][2], seen["input"][3])
+    assert not torch.equal(seen["targets"][2], seen["targets"][3]) and not torch.isclose(denoise, noisy)
+
+
+def test_pretraining_batches_carry_clean_renderings_and_a_corpus_without_them_is_refused(synth_corpus,
+                                                                                        speech_corpus, tmp_path):
+    from labelbudget.pretraining import MissingCleanRenderingsError, PretrainWaves, collate_pretrain
+
+    rows = synth_corpus.read(synth_corpus.unlabeled)[:6]
+    ds = PretrainWaves(rows, synth_corpus, torch.nn.Identity(), clean=True)
+    wav, lengths, extra = collate_pretrain([ds[i] for i in range(len(rows))])
+    assert set(extra) == {"clean"} and extra["clean"].shape == wav.shape
+    for i, r in enumerate(rows):
+        same = torch.equal(extra["clean"][i], wav[i])
+        assert same == (synth_corpus.clean_path(r) is None)
+    assert collate_pretrain([PretrainWaves(rows, synth_corpus, torch.nn.Identity())[0]])[2] == {}
+    p = compose_plain(REPO, "smoke")
+    p["pretrain"]["clean_targets"] = True
+    with pytest.raises(MissingCleanRenderingsError, match="clean_targets") as e:
+        pretrain("small", p, tmp_path / "out", speech_corpus.dir)
+    assert "\n" not in str(e.value)
