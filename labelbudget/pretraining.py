@@ -13,7 +13,6 @@ import torch
 
 from labelbudget.batching import StepBatchSampler, WaveDataset, collate_waves
 from labelbudget.encoder import EncoderConfig, count_parameters
-from labelbudget.errors import LabelbudgetError
 from labelbudget.io import atomic_path, write_json
 from labelbudget.manifest import CLEAN_DIR, Corpus
 from labelbudget.ssl import OBJECTIVES, STACK, NonFiniteLossError
@@ -105,10 +104,6 @@ def collate_pretrain(items: list[tuple[torch.Tensor, dict]]) -> tuple[torch.Tens
     return wav, lengths, extra
 
 
-class MissingCleanRenderingsError(LabelbudgetError, ValueError):
-    """`clean_targets` on a corpus without clean renderings of its degraded unlabeled utterances."""
-
-
 def pretrain(name: str, params: dict, out: Path, corpus_dir: Path = Path("data/corpus"),
              fail_at_step: int | None = None, monitor: Monitor | None = None) -> dict:
     """Train run `name` (an SSL size or a topline, `run_spec`) and export `out/model.pt`. Checkpoints in
@@ -131,10 +126,12 @@ def pretrain(name: str, params: dict, out: Path, corpus_dir: Path = Path("data/c
     durations = [r["duration"] for r in rows]
     if p["objective"] not in OBJECTIVES:
         raise ValueError(f"params pretrain.objective: {p['objective']!r} is not one of {', '.join(OBJECTIVES)}")
-    if p.get("clean_targets") and not (corpus.dir / CLEAN_DIR).is_dir():
-        raise MissingCleanRenderingsError(
-            f"params pretrain.clean_targets needs clean renderings of the degraded unlabeled utterances "
-            f"({corpus.dir / CLEAN_DIR}), which only the synthesized corpus has: --set pretrain.clean_targets=false")
+    clean_share = None
+    if p.get("clean_targets"):  # where an utterance has no clean rendering, its targets come from itself
+        clean_share = sum(corpus.clean_path(r) is not None for r in rows) / max(1, len(rows))
+        if not clean_share:
+            print(f"pretrain.clean_targets: corpus {corpus.dir} has no clean renderings ({CLEAN_DIR}/, the "
+                  "synthesized corpus only): targets come from the audio as stored", flush=True)
 
     ckpt_dir = out / "checkpoints"
     fp = fingerprint(cfg, p, seed, corpus.manifest_path(corpus.unlabeled))
@@ -236,6 +233,8 @@ def pretrain(name: str, params: dict, out: Path, corpus_dir: Path = Path("data/c
         metrics["monitor_share"] = round(monitoring.seconds / max(wall, 1e-9), 4)  # of the wall time of fit
     summary = {"upstream": name, "size": size, "steps": trainer.global_step, "wall_seconds": round(wall, 1),
                "parameters": count_parameters(module.encoder), "objective": p["objective"], **metrics}
+    if clean_share is not None:
+        summary["clean_target_share"] = round(clean_share, 4)  # of the utterances: targets from a clean rendering
     export(module, name, p["objective"], trainer.global_step, out / "model.pt")
     write_json(out / "metrics.json", summary)
     if hist.exists() and trained_now:
