@@ -71,8 +71,13 @@ class WaveDataset(Dataset):
         return len(self.paths)
 
     def __getitem__(self, i: int) -> torch.Tensor:
-        wav, sr = audio.load(self.paths[i], mono=True)
-        return torch.from_numpy(audio.resample(wav, sr))
+        return load_wave(self.paths[i])
+
+
+def load_wave(path: str) -> torch.Tensor:
+    """One file as a 16 kHz float32 mono waveform."""
+    wav, sr = audio.load(path, mono=True)
+    return torch.from_numpy(audio.resample(wav, sr))
 
 
 def collate_waves(items: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -11,7 +11,7 @@ from typing import Protocol
 
 import torch
 
-from labelbudget.batching import StepBatchSampler, WaveDataset, collate_waves
+from labelbudget.batching import StepBatchSampler, WaveDataset, collate_waves, load_wave
 from labelbudget.encoder import EncoderConfig, count_parameters
 from labelbudget.io import atomic_path, write_json
 from labelbudget.manifest import CLEAN_DIR, Corpus
@@ -84,11 +84,13 @@ class PretrainWaves(WaveDataset):
 
     @staticmethod
     def load_clean(path: Path, samples: int) -> torch.Tensor:
-        from labelbudget import audio
-
-        wav, sr = audio.load(str(path), mono=True)
-        wav = torch.from_numpy(audio.resample(wav, sr))
+        wav = load_wave(str(path))
         return torch.nn.functional.pad(wav, (0, max(0, samples - len(wav))))[:samples]  # telephone: +-1 sample
+
+    @property
+    def clean_share(self) -> float | None:
+        """Share of the utterances whose targets come from a clean rendering (None: clean targets off)."""
+        return None if self.clean is None else sum(c is not None for c in self.clean) / max(1, len(self.clean))
 
 
 def collate_pretrain(items: list[tuple[torch.Tensor, dict]]) -> tuple[torch.Tensor, torch.Tensor, dict]:
@@ -126,12 +128,6 @@ def pretrain(name: str, params: dict, out: Path, corpus_dir: Path = Path("data/c
     durations = [r["duration"] for r in rows]
     if p["objective"] not in OBJECTIVES:
         raise ValueError(f"params pretrain.objective: {p['objective']!r} is not one of {', '.join(OBJECTIVES)}")
-    clean_share = None
-    if p.get("clean_targets"):  # where an utterance has no clean rendering, its targets come from itself
-        clean_share = sum(corpus.clean_path(r) is not None for r in rows) / max(1, len(rows))
-        if not clean_share:
-            print(f"pretrain.clean_targets: corpus {corpus.dir} has no clean renderings ({CLEAN_DIR}/, the "
-                  "synthesized corpus only): targets come from the audio as stored", flush=True)
 
     ckpt_dir = out / "checkpoints"
     fp = fingerprint(cfg, p, seed, corpus.manifest_path(corpus.unlabeled))
@@ -144,6 +140,11 @@ def pretrain(name: str, params: dict, out: Path, corpus_dir: Path = Path("data/c
 
     L.seed_everything(seed, workers=True, verbose=False)
     quantizer = OBJECTIVES[p["objective"]](rows, corpus, p, cfg, seed)
+    # Where an utterance has no clean rendering, its targets come from itself.
+    data = PretrainWaves(rows, corpus, quantizer, clean=bool(p.get("clean_targets")))
+    if data.clean_share == 0:
+        print(f"pretrain.clean_targets: corpus {corpus.dir} has no clean renderings ({CLEAN_DIR}/, the "
+              "synthesized corpus only): targets come from the audio as stored", flush=True)
     precision = resolve_precision(p["precision"])
     # Lightning refuses gradient clipping with a fused optimizer under mixed precision (CUDA bf16 crashed at
     # the first step): fused only for full-precision training.
@@ -156,8 +157,7 @@ def pretrain(name: str, params: dict, out: Path, corpus_dir: Path = Path("data/c
             sampler = StepBatchSampler(durations, p["batch_seconds"], p["max_steps"], seed,
                                        start_step=lambda: t.global_step, rank=t.global_rank,
                                        world_size=t.world_size)
-            ds = PretrainWaves(rows, corpus, quantizer, clean=bool(p.get("clean_targets")))
-            return torch.utils.data.DataLoader(ds, batch_sampler=sampler, collate_fn=collate_pretrain,
+            return torch.utils.data.DataLoader(data, batch_sampler=sampler, collate_fn=collate_pretrain,
                                                num_workers=4 if gpu else 0, pin_memory=gpu)
 
     class CrashAt(Callback):
@@ -233,8 +233,8 @@ def pretrain(name: str, params: dict, out: Path, corpus_dir: Path = Path("data/c
         metrics["monitor_share"] = round(monitoring.seconds / max(wall, 1e-9), 4)  # of the wall time of fit
     summary = {"upstream": name, "size": size, "steps": trainer.global_step, "wall_seconds": round(wall, 1),
                "parameters": count_parameters(module.encoder), "objective": p["objective"], **metrics}
-    if clean_share is not None:
-        summary["clean_target_share"] = round(clean_share, 4)  # of the utterances: targets from a clean rendering
+    if data.clean_share is not None:
+        summary["clean_target_share"] = round(data.clean_share, 4)
     export(module, name, p["objective"], trainer.global_step, out / "model.pt")
     write_json(out / "metrics.json", summary)
     if hist.exists() and trained_now:
