@@ -19,8 +19,12 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
+
+if TYPE_CHECKING:
+    from labelbudget.schema import Params
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "benchmarks" / "results"
@@ -119,10 +123,12 @@ def cpu_bf16_native() -> bool:
     return cpu_has_native_bf16()
 
 
-def load_profile(name: str) -> dict:
-    from labelbudget.profiles import compose_plain
+def load_profile(name: str, **sections: dict) -> Params:
+    """The profile's params, typed, with `sections` deep-merged in (e.g. pretrain={"max_steps": 10})."""
+    from labelbudget.profiles import compose_plain, deep_merge
+    from labelbudget.schema import parse_params
 
-    return compose_plain(REPO, name)
+    return parse_params(deep_merge(compose_plain(REPO, name), sections))
 
 
 def sync(device: torch.device) -> None:

@@ -127,15 +127,15 @@ def main() -> None:
     bench = Bench("extraction_throughput", args)
     params = load_profile(args.profile)
     device = torch.device(args.device)
-    auto_bf16 = use_bf16(params["extract"].get("precision", "auto"), device)
-    cfg = EncoderConfig.from_params(params["models"][args.size], params["features"]["n_mels"])
+    auto_bf16 = use_bf16(params.extract.precision, device)
+    cfg = EncoderConfig.from_params(params.models[args.size], params.features.n_mels)
     torch.manual_seed(0)
     up = EncoderUpstream(args.size, Encoder(cfg), "benchmark").to(device)
-    head = torch.nn.Linear(cfg.dim, params["pretrain"]["codebook_size"]).to(device)
+    head = torch.nn.Linear(cfg.dim, params.pretrain.codebook_size).to(device)
     wavs = utterances(args.utterances)
     audio = sum(len(w) for w in wavs) / 16000
-    layers = resolve_layers(params["extract"]["layers"], up)
-    bs = params["extract"]["batch_seconds"]
+    layers = resolve_layers(params.extract.layers, up)
+    bs = params.extract.batch_seconds
     print(f"device {device}, {torch.get_num_threads()} threads; {args.size} encoder ({cfg.layers} layers x "
           f"{cfg.dim}), layers kept {layers}; {len(wavs)} utterances, {audio:.0f} s of audio; precision auto -> "
           f"{'bf16' if auto_bf16 else 'fp32'}")

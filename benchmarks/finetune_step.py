@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import time
 from statistics import median
+from typing import TYPE_CHECKING
 
 import torch
 from common import REPO, Bench, bench_args
@@ -21,9 +22,12 @@ from labelbudget.config import load_params
 from labelbudget.featstore import FeatureStore
 from labelbudget.manifest import Corpus
 
+if TYPE_CHECKING:
+    from labelbudget.schema import Finetune
+
 
 def one_run(store: FeatureStore, train_ids: list[str], dev_ids: list[str], texts: dict[str, str],
-            cfg: ds.DownstreamConfig, seed: int = 0) -> ds.TrainResult:
+            cfg: Finetune, seed: int = 0) -> ds.TrainResult:
     train_set = ds.FeatureDataset(store, train_ids, texts, in_memory=True)
     dev_set = ds.FeatureDataset(store, dev_ids, texts, in_memory=True)
     return ds.train(cfg, train_set, dev_set, texts, seed=seed, verbose=False)
@@ -47,9 +51,9 @@ def main() -> None:
     # a seeded sample: the store lists utterances by length, and its first ones would time only short batches
     pool = [i for i in store.ids if i in texts]
     ids = [pool[k] for k in torch.randperm(len(pool), generator=torch.Generator().manual_seed(0))[: args.utterances]]
-    base = {**params["finetune"], "num_threads": args.threads}
-    cfgs = {p: ds.DownstreamConfig.from_params({**base, "max_steps": args.steps, "eval_every": 10**9,
-                                                "precision": p}) for p in ("fp32", "bf16")}
+    base = params.finetune.model_copy(update={"num_threads": args.threads})
+    cfgs = {p: base.model_copy(update={"max_steps": args.steps, "eval_every": 10**9, "precision": p})
+            for p in ("fp32", "bf16")}
 
     def timed(p: str):
         def run() -> float:
@@ -70,7 +74,7 @@ def main() -> None:
         for seed in (0, 1):
             train_ids = subsets.joinpath(f"{args.budget}min-seed{seed}.txt").read_text().split()
             for p in ("fp32", "bf16"):
-                cfg = ds.DownstreamConfig.from_params({**base, "precision": p})
+                cfg = base.model_copy(update={"precision": p})
                 t = time.perf_counter()
                 r = one_run(store, train_ids, dev_ids, texts, cfg, seed)
                 quality[f"{p}-seed{seed}"] = {"best_dev_cer": round(r.best_dev_cer, 4), "steps": r.steps,

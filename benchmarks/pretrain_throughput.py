@@ -17,6 +17,7 @@ import copy
 import time
 from pathlib import Path
 from statistics import median
+from typing import TYPE_CHECKING
 
 import torch
 from common import (
@@ -34,6 +35,9 @@ from common import (
 from labelbudget.encoder import EncoderConfig, count_parameters
 from labelbudget.logmel import LogMel
 from labelbudget.ssl import make_ssl_module
+
+if TYPE_CHECKING:
+    from labelbudget.schema import Params
 
 
 def make_step(module, opt, sched, device: torch.device, bf16: bool, clip: float):
@@ -55,27 +59,27 @@ def trainer_for(module, device: torch.device, bf16: bool, clip: float):
     return make_step(module, cfg["optimizer"], cfg["lr_scheduler"]["scheduler"], device, bf16, clip)
 
 
-def curves(params: dict, size: str, steps: int, corpus_dir: Path, device: torch.device) -> dict[str, list[float]]:
+def curves(params: Params, size: str, steps: int, corpus_dir: Path, device: torch.device) -> dict[str, list[float]]:
     """Loss per step of fp32 and bf16 training from one initialisation, one batch order."""
     from labelbudget.batching import StepBatchSampler, WaveDataset, collate_waves
     from labelbudget.manifest import Corpus
-    from labelbudget.ssl import OBJECTIVES
+    from labelbudget.ssl import make_targets
 
-    p, seed = dict(params["pretrain"]), int(params["seed"])
-    cfg = EncoderConfig.from_params(params["models"][size], params["features"]["n_mels"])
+    p, seed = params.pretrain, params.seed
+    cfg = EncoderConfig.from_params(params.models[size], params.features.n_mels)
     corpus = Corpus.load(corpus_dir)
     rows = corpus.read(corpus.unlabeled)
     durations = [r["duration"] for r in rows]
-    quantizer = OBJECTIVES[p["objective"]](rows, corpus, p, cfg, seed)
+    quantizer = make_targets(p.objective, rows, corpus, p, cfg, seed)
     torch.manual_seed(seed)
     base = make_ssl_module(cfg, p, seed, quantizer).to(device)
     ds = WaveDataset([str(corpus.audio_path(r)) for r in rows], durations)
     batches = [collate_waves([ds[i] for i in b])
-               for b in StepBatchSampler(durations, p["batch_seconds"], steps, seed, start_step=lambda: 0)]
+               for b in StepBatchSampler(durations, p.batch_seconds, steps, seed, start_step=lambda: 0)]
     out, seconds = {}, {}
     for name, bf16 in (("fp32", False), ("bf16", True)):
         module = copy.deepcopy(base)
-        step = trainer_for(module, device, bf16, p["grad_clip"])
+        step = trainer_for(module, device, bf16, p.grad_clip)
         t = time.perf_counter()
         out[name] = [step(w.to(device), n.to(device), k) for k, (w, n) in enumerate(batches[:steps])]
         seconds[name] = time.perf_counter() - t
@@ -117,12 +121,12 @@ def main() -> None:
     bench = Bench("pretrain_throughput", args)
     params = load_profile(args.profile)
     device = torch.device(args.device)
-    p = dict(params["pretrain"])
-    cfg = EncoderConfig.from_params(params["models"][args.size], params["features"]["n_mels"])
+    p = params.pretrain
+    cfg = EncoderConfig.from_params(params.models[args.size], params.features.n_mels)
     torch.manual_seed(0)
     modules = {name: make_ssl_module(cfg, p, seed=0).to(device) for name in ("fp32", "bf16")}
-    steps = {name: trainer_for(m, device, name == "bf16", p["grad_clip"]) for name, m in modules.items()}
-    wav, lengths = synthetic_batch(args.utterance_seconds, p["batch_seconds"], device)
+    steps = {name: trainer_for(m, device, name == "bf16", p.grad_clip) for name, m in modules.items()}
+    wav, lengths = synthetic_batch(args.utterance_seconds, p.batch_seconds, device)
     flops = encoder_flops(cfg, len(wav), int(LogMel.frames(wav.shape[1])), modules["fp32"].quantizer.num_targets)
     for name in steps:
         for k in range(2):

@@ -29,17 +29,15 @@ def main() -> None:
     ap.add_argument("--device", default="auto", help="extraction device (pretraining picks its own)")
     args = ap.parse_args()
 
-    from labelbudget.corpus import SynthConfig, synthesize
+    from labelbudget.corpus import synthesize
     from labelbudget.extraction import extract_upstream
     from labelbudget.pretraining import pretrain
     from labelbudget.probe import PretrainingProbe, probe_upstream
 
-    params = load_profile(args.profile)
-    params["wandb"]["mode"] = "disabled"
-    params["extract"]["device"] = args.device
+    params = load_profile(args.profile, wandb={"mode": "disabled"}, extract={"device": args.device})
     corpus = args.work / "corpus"
     if not (corpus / "corpus.json").exists():
-        synthesize(SynthConfig.from_params(params["corpus"]["synth"], seed=params["seed"]), corpus)
+        synthesize(params.corpus.synth, params.seed, corpus)
     out: dict = {"profile": args.profile, "probe": {}}
     for up in args.upstreams:
         extract_upstream(up, params, corpus, args.work / "features" / up)
@@ -49,9 +47,10 @@ def main() -> None:
                             "per_layer": {k: round(v["weighted"], 4) for k, v in r["accuracy"].items()}}
         print(up, json.dumps(out["probe"][up]), flush=True)
 
-    full_steps, every = params["pretrain"]["max_steps"], params["probe"]["pretrain"]["every"]
-    params["pretrain"].update({"max_steps": args.steps, "checkpoint_every": 10**9})
-    params["probe"]["pretrain"]["every"] = args.every
+    full_steps, every = params.pretrain.max_steps, params.probe.pretrain.every
+    params = load_profile(args.profile, wandb={"mode": "disabled"}, extract={"device": args.device},
+                          pretrain={"max_steps": args.steps, "checkpoint_every": 10**9},
+                          probe={"pretrain": {"every": args.every}})
     monitor = PretrainingProbe.from_params(params, corpus)
     calls: list[float] = []
 

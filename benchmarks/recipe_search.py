@@ -20,6 +20,10 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from labelbudget.schema import Params
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -61,7 +65,7 @@ RECIPES: dict[str, dict] = {
 }
 
 
-def corpus(work: Path, params: dict) -> Path:
+def corpus(work: Path, params: Params) -> Path:
     """The default profile's corpus, synthesized once into `work`."""
     from labelbudget.sources import prepare
 
@@ -79,13 +83,13 @@ def history(out: Path) -> list[tuple[int, float]]:
     return [(int(float(r["step"])), round(float(r["probe/phone_acc"]), 4)) for r in rows]
 
 
-def untrained(params: dict, size: str, monitor) -> float:
+def untrained(params: Params, size: str, monitor) -> float:
     import torch
 
     from labelbudget.encoder import Encoder, EncoderConfig
 
-    torch.manual_seed(params["seed"])
-    enc = Encoder(EncoderConfig.from_params(params["models"][size], params["features"]["n_mels"]))
+    torch.manual_seed(params.seed)
+    enc = Encoder(EncoderConfig.from_params(params.models[size], params.features.n_mels))
     return round(monitor(enc)["probe/phone_acc"], 4)
 
 
@@ -102,20 +106,22 @@ def main() -> None:
     from labelbudget.pretraining import pretrain
     from labelbudget.probe import PretrainingProbe
     from labelbudget.profiles import compose
+    from labelbudget.schema import parse_params
 
     configure_threads()
     os.environ.setdefault("WANDB_MODE", "disabled")
     base = compose(ROOT, "default")
     base["wandb"]["mode"] = "disabled"
-    corpus_dir = corpus(args.work, base)
-    p = base["probe"]["pretrain"]
-    monitor = PretrainingProbe(corpus_dir, args.every, int(p["utterances"]), int(p["max_iter"]), base["seed"])
+    typed = parse_params(base)
+    corpus_dir = corpus(args.work, typed)
+    p = typed.probe.pretrain
+    monitor = PretrainingProbe(corpus_dir, args.every, p.utterances, p.max_iter, typed.seed)
     results = json.loads(args.out.read_text()) if args.out.exists() else {}
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
                             text=True).stdout.strip()
     load = os.getloadavg()[0]
     key = f"{args.size}/untrained"
-    results[key] = {"acc": untrained(base, args.size, monitor), "commit": commit}
+    results[key] = {"acc": untrained(typed, args.size, monitor), "commit": commit}
     print(f"{key}: {results[key]['acc']}", flush=True)
     for name in args.recipes:
         params = copy.deepcopy(base)
@@ -124,7 +130,7 @@ def main() -> None:
         params["pretrain"].update({"max_steps": args.steps, "max_minutes": 60, "checkpoint_every": args.steps})
         out = args.work / "runs" / f"{args.size}-{name}-{args.steps}"
         t = time.time()
-        summary = pretrain(args.size, params, out, corpus_dir, monitor=monitor)
+        summary = pretrain(args.size, parse_params(params), out, corpus_dir, monitor=monitor)
         curve = history(out)
         results[f"{args.size}/{name}/{args.steps}"] = {
             "overrides": RECIPES[name], "curve": curve, "best": max(a for _, a in curve),

@@ -11,8 +11,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from labelbudget.corpus import SynthConfig, plan, synthesize
+from labelbudget.corpus import plan, synthesize
 from labelbudget.manifest import total_hours
+from labelbudget.schema import Synth
 
 
 def main() -> None:
@@ -20,14 +21,14 @@ def main() -> None:
     ap.add_argument("--hours", type=float, default=0.5, help="unlabeled audio to synthesize")
     ap.add_argument("--workers", type=int, default=0)
     args = ap.parse_args()
-    cfg = SynthConfig(unlabeled_hours=args.hours, labeled_hours=0.01, test_utterances=1,
-                      test_sets=["in_domain"], workers=args.workers)
+    cfg = Synth(unlabeled_hours=args.hours, labeled_hours=0.01, test_utterances=1, test_sets=["in_domain"],
+                shard_size=32, workers=args.workers)
     t = time.perf_counter()
-    plan(cfg)
+    plan(cfg, 0)
     t_text = time.perf_counter() - t
     with tempfile.TemporaryDirectory() as d:
         t = time.perf_counter()
-        corpus = synthesize(cfg, Path(d))
+        corpus = synthesize(cfg, 0, Path(d))
         wall = time.perf_counter() - t
         hours = sum(total_hours(corpus.read(p)) for p in corpus.parts)
     print(f"{hours:.3f} h of audio in {wall:.1f} s on {cfg.workers or os.cpu_count()} processes "

@@ -231,13 +231,14 @@ def _sizes(profile: str | None) -> int:
     from labelbudget import profiles
     from labelbudget.config import load_params, project_root
     from labelbudget.encoder import size_report
+    from labelbudget.schema import parse_params
 
-    params = profiles.compose(project_root(), profile) if profile else load_params()
-    random_sizes = [u["size"] for u in params.get("upstreams", {}).values() if u.get("kind") == "random"]
-    names = [*params["ssl_sizes"], *random_sizes]
-    print(f"profile {params.get('profile', '?')}: encoder sizes (instantiated on the meta device)")
+    params = parse_params(profiles.compose(project_root(), profile)) if profile else load_params()
+    random_sizes = [u.size for u in params.upstreams.values() if u.kind == "random"]
+    names = [*params.ssl_sizes, *random_sizes]
+    print(f"profile {params.profile}: encoder sizes (instantiated on the meta device)")
     print(f"{'size':<10}{'layers':>7}{'dim':>7}{'parameters':>16}{'AdamW state':>14}{'bf16 weights':>14}")
-    for r in size_report(params["models"], list(dict.fromkeys(names)), params["features"]["n_mels"]):
+    for r in size_report(params.models, list(dict.fromkeys(names)), params.features.n_mels):
         print(f"{r['size']:<10}{r['layers']:>7}{r['dim']:>7}{r['parameters']:>16,}"
               f"{r['train_state_gib']:>11.2f} GiB{r['bf16_weights_gib']:>11.2f} GiB")
     return 0

@@ -9,35 +9,19 @@ from __future__ import annotations
 import multiprocessing as mp
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from labelbudget import audio, phones
 from labelbudget.manifest import CLEAN_DIR, Corpus, write_manifest
-from labelbudget.schema import TEST_SETS
+from labelbudget.schema import TEST_SETS, Synth
 
 ACCENTS = ["en-US", "en", "en-GB-x-rp", "en-029", "en-GB-scotland", "en-GB-x-gbclan", "en-GB-x-gbcwmd", "en-US-nyc"]
 VARIANTS = [f"m{i}" for i in range(1, 9)] + [f"f{i}" for i in range(1, 6)] + ["klatt", "klatt2", "klatt3"]
 LABELED_VOICES = [f"{a}+{v}" for a in ("en-US", "en", "en-GB-x-rp") for v in ("m1", "m2", "m3", "f1", "f2")]
 HELD_OUT_VOICES = [f"{a}+{v}" for a in ("en-029", "en-GB-scotland", "en-US-nyc") for v in ("m5", "m6", "f3", "f4")]
 AVG_UTTERANCE_S = 3.5  # planning estimate only; manifests carry the measured durations
-
-
-@dataclass
-class SynthConfig:
-    unlabeled_hours: float
-    labeled_hours: float
-    test_utterances: int
-    test_sets: list[str]
-    seed: int = 0
-    shard_size: int = 32
-    workers: int = 0  # 0: one per core
-
-    @classmethod
-    def from_params(cls, p: dict, seed: int) -> SynthConfig:
-        return cls(seed=seed, **p)
 
 
 def _plan_utterance(uid: str, text: str, domain: str, rng: np.random.Generator) -> dict:
@@ -71,8 +55,9 @@ def _plan_utterance(uid: str, text: str, domain: str, rng: np.random.Generator) 
     return u
 
 
-def plan(cfg: SynthConfig) -> dict[str, list[dict]]:
-    """Every utterance of every part, decided up front from the seed (text, voice, rate, channel)."""
+def plan(cfg: Synth, seed: int) -> dict[str, list[dict]]:
+    """Every utterance of every part (params `corpus.synth`), decided up front from the seed (text, voice, rate,
+    channel)."""
     from labelbudget.synth import generate_sentences
 
     unknown = set(cfg.test_sets) - set(TEST_SETS)
@@ -80,9 +65,9 @@ def plan(cfg: SynthConfig) -> dict[str, list[dict]]:
         raise ValueError(f"params corpus.synth.test_sets: unknown {sorted(unknown)}; choose from {TEST_SETS}")
     n_unl = max(1, round(cfg.unlabeled_hours * 3600 / AVG_UTTERANCE_S))
     n_lab = max(1, round(cfg.labeled_hours * 3600 / AVG_UTTERANCE_S))
-    train = generate_sentences(n_unl + n_lab, "train", cfg.seed)
-    test = generate_sentences(cfg.test_utterances * len(cfg.test_sets), "test", cfg.seed + 7)
-    rng = np.random.default_rng(cfg.seed)
+    train = generate_sentences(n_unl + n_lab, "train", seed)
+    test = generate_sentences(cfg.test_utterances * len(cfg.test_sets), "test", seed + 7)
+    rng = np.random.default_rng(seed)
     parts: dict[str, list[dict]] = {
         "unlabeled": [_plan_utterance(f"unl-{i:06d}", t, "unlabeled", rng) for i, t in enumerate(train[:n_unl])],
         "labeled": [_plan_utterance(f"lab-{i:06d}", t, "labeled", rng) for i, t in enumerate(train[n_unl:])],
@@ -134,14 +119,14 @@ def _render_shard(job: tuple[int, list[dict], str]) -> list[dict]:
     return rows
 
 
-def synthesize(cfg: SynthConfig, out: Path, progress: Callable[[int], None] | None = None) -> Corpus:
+def synthesize(cfg: Synth, seed: int, out: Path, progress: Callable[[int], None] | None = None) -> Corpus:
     """Write audio, manifests and phone alignments (labelbudget.phones) of every part under `out` (audio in
     `out/audio`), and the clean rendering of every degraded unlabeled utterance (`out/clean`)."""
-    parts = plan(cfg)
+    parts = plan(cfg, seed)
     jobs, owners = [], []
     for part, utts in parts.items():
         for s in range(0, len(utts), cfg.shard_size):
-            jobs.append((cfg.seed * 100_003 + len(jobs), utts[s : s + cfg.shard_size], str(out / "audio")))
+            jobs.append((seed * 100_003 + len(jobs), utts[s : s + cfg.shard_size], str(out / "audio")))
             owners.append(part)
     rows: dict[str, list[dict]] = {p: [] for p in parts}
     workers = cfg.workers or os.cpu_count() or 1
@@ -161,6 +146,6 @@ def synthesize(cfg: SynthConfig, out: Path, progress: Callable[[int], None] | No
     return corpus
 
 
-def count_utterances(cfg: SynthConfig) -> int:
+def count_utterances(cfg: Synth) -> int:
     return (max(1, round(cfg.unlabeled_hours * 3600 / AVG_UTTERANCE_S))
             + max(1, round(cfg.labeled_hours * 3600 / AVG_UTTERANCE_S)) + cfg.test_utterances * len(cfg.test_sets))

@@ -12,22 +12,25 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from labelbudget.errors import LabelbudgetError
 from labelbudget.io import write_text
+
+if TYPE_CHECKING:
+    from labelbudget.schema import Params
 
 
 class DashboardError(LabelbudgetError, RuntimeError):
     """The dashboard cannot be built (the optional library is missing, or W&B refused it)."""
 
 
-def test_set_names(params: dict) -> list[str]:
-    corpus = params["corpus"]
-    return list(corpus["synth"]["test_sets"]) if corpus["source"] == "synth" else list(corpus["ingest"]["tests"])
+def test_set_names(params: Params) -> list[str]:
+    corpus = params.corpus
+    return list(corpus.synth.test_sets) if corpus.source == "synth" else list(corpus.ingest.tests)
 
 
-def sections(params: dict) -> list[Any]:
+def sections(params: Params) -> list[Any]:
     """The workspace's sections and panels, in the order a reader looks at them."""
     import wandb_workspaces.reports.v2 as wr
     import wandb_workspaces.workspaces as ws
@@ -58,13 +61,13 @@ def sections(params: dict) -> list[Any]:
             ws.Section(name="Pretraining", panels=pretraining, is_open=True)]
 
 
-def workspace(params: dict, entity: str, name: str | None = None) -> Any:
+def workspace(params: Params, entity: str, name: str | None = None) -> Any:
     import wandb_workspaces.workspaces as ws
 
-    w = params["wandb"]
+    w = params.wandb
     return ws.Workspace(
-        entity=entity, project=w["project"], name=name or f"labelbudget: {w['group']}", sections=sections(params),
-        runset_settings=ws.RunsetSettings(filters=[ws.Metric("Group") == w["group"]],
+        entity=entity, project=w.project, name=name or f"labelbudget: {w.group}", sections=sections(params),
+        runset_settings=ws.RunsetSettings(filters=[ws.Metric("Group") == w.group],
                                           groupby=[ws.Config("upstream")]))
 
 
@@ -73,7 +76,7 @@ def spec(view: Any) -> str:
     return view._to_model().model_dump_json(by_alias=True, exclude_none=True, indent=1)
 
 
-def build(params: dict, out: Path, entity: str | None = None, name: str | None = None) -> str:
+def build(params: Params, out: Path, entity: str | None = None, name: str | None = None) -> str:
     """Save the view when W&B is online (and an entity is known); else write its spec to `out`. Returns what
     happened, in one line."""
     try:
@@ -81,7 +84,7 @@ def build(params: dict, out: Path, entity: str | None = None, name: str | None =
     except ImportError:
         raise DashboardError("the dashboard needs W&B's workspace library: pip install 'labelbudget[dashboard]' "
                              "(wandb-workspaces)") from None
-    mode = os.environ.get("WANDB_MODE") or params["wandb"].get("mode", "offline")
+    mode = os.environ.get("WANDB_MODE") or params.wandb.mode
     if mode == "online":
         import wandb
 

@@ -1,18 +1,19 @@
 """CTC decoding: turning per-frame log-probabilities into normalised transcripts.
 
-Every decoder implements `Decoder.decode(log_probs, lengths) -> list[str]`; `make_decoder` picks one by
-the name in params (`evaluate.decoder`). Greedy is the only one built in; a beam search or an n-gram LM
-decoder (for example pyctcdecode) plugs in by registering a factory in `DECODERS`.
+Every decoder implements `Decoder.decode(log_probs, lengths) -> list[str]`. A decoder is one module of
+labelbudget/decoders with a `build(**options)` function; params name it with its options, e.g.
+`evaluate.decoder: {name: greedy}` (a beam search or an n-gram LM decoder such as pyctcdecode would take
+`beam_width`, `lm_path`...). The schema checks the name against the modules before anything runs.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import torch
 
-from labelbudget.text import VOCAB, normalize
+if TYPE_CHECKING:
+    from labelbudget.schema import DecoderSpec
 
 BLANK_ID = 0
 
@@ -33,26 +34,9 @@ def collapse(ids: list[int], blank: int = BLANK_ID) -> list[int]:
     return out
 
 
-class GreedyDecoder:
-    """Best label per frame, then the CTC collapse."""
+def make_decoder(spec: DecoderSpec) -> Decoder:
+    """The decoder params `evaluate.decoder` names (a module of labelbudget/decoders), built with its options."""
+    import importlib
 
-    def __init__(self, vocab: list[str] = VOCAB):
-        self.vocab = vocab
-
-    def decode(self, log_probs: torch.Tensor, lengths: torch.Tensor) -> list[str]:
-        best = log_probs.argmax(dim=-1).cpu()
-        texts = []
-        for row, n in zip(best.tolist(), lengths.tolist(), strict=True):
-            chars = "".join(self.vocab[i] for i in collapse(row[: int(n)]))
-            # The same normaliser as the references: squeezes the spaces a CTC model likes to repeat.
-            texts.append(normalize(chars))
-        return texts
-
-
-DECODERS: dict[str, Callable[..., Decoder]] = {"greedy": GreedyDecoder}
-
-
-def make_decoder(name: str = "greedy", **options) -> Decoder:
-    if name not in DECODERS:
-        raise ValueError(f"unknown decoder {name!r}; available: {', '.join(sorted(DECODERS))}")
-    return DECODERS[name](**options)
+    module = importlib.import_module(f"labelbudget.decoders.{spec.name}")
+    return module.build(**(spec.model_extra or {}))

@@ -6,14 +6,18 @@ extraction can keep intermediate layers, and stops at `max_layer` so it never co
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from labelbudget.errors import ParamsError
 from labelbudget.logmel import length_mask
+
+if TYPE_CHECKING:
+    from labelbudget.schema import Model
 
 SUBSAMPLING = 4  # log-mel frames per encoder frame: two stride-2 convolutions (100 Hz -> 25 Hz)
 
@@ -27,22 +31,20 @@ def subsampled_lengths(lengths: torch.Tensor | int) -> torch.Tensor | int:
 
 @dataclass
 class EncoderConfig:
-    layers: int = 4
-    dim: int = 256
-    heads: int = 4
-    ff_mult: int = 4
-    conv_channels: int = 256
-    n_mels: int = 80
-    dropout: float = 0.1
-    pos_kernel: int = 15
+    """The encoder's shape: params `models.<size>` and `features.n_mels` (its defaults live in conf/ only)."""
+
+    layers: int
+    dim: int
+    heads: int
+    ff_mult: int
+    conv_channels: int
+    n_mels: int
+    dropout: float
+    pos_kernel: int
 
     @classmethod
-    def from_params(cls, p: dict, n_mels: int = 80) -> EncoderConfig:
-        unknown = sorted(set(p) - set(cls.__dataclass_fields__) | ({"n_mels"} & set(p)))
-        if unknown:  # a misspelt key would otherwise train the default shape without a word
-            raise ParamsError(f"params models: unknown key(s) {unknown}; known: "
-                              f"{sorted(set(cls.__dataclass_fields__) - {'n_mels'})}")
-        return cls(n_mels=n_mels, **p)
+    def from_params(cls, model: Model, n_mels: int) -> EncoderConfig:
+        return cls(n_mels=n_mels, **model.model_dump())
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -118,7 +120,7 @@ def count_parameters(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
-def size_report(models: dict, names: list[str], n_mels: int = 80) -> list[dict]:
+def size_report(models: Mapping[str, Model], names: list[str], n_mels: int) -> list[dict]:
     """Parameter count and memory estimate of each named size, instantiated on the meta device (no memory)."""
     rows = []
     for name in names:

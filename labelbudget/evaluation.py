@@ -8,26 +8,30 @@ weighted WER and CER, the weights used; the training facts the report's diagnost
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from labelbudget.io import atomic_dir, read_json, write_json, write_jsonl
 from labelbudget.manifest import Corpus
+
+if TYPE_CHECKING:
+    from labelbudget.schema import Params
 
 # Training facts carried into the evaluation, for the report's diagnostics table.
 TRAIN_KEYS = ("best_dev_cer", "steps", "best_step", "max_steps", "stopped_early", "stop_reason", "degenerate",
               "left_blank_step", "layer_weights", "train_seconds", "seconds_per_step")
 
 
-def evaluate(params: dict, model_dir: Path, features: Path, corpus_dir: Path, out: Path) -> dict:
+def evaluate(params: Params, model_dir: Path, features: Path, corpus_dir: Path, out: Path) -> dict:
     from labelbudget import downstream as ds
     from labelbudget.decoding import make_decoder
     from labelbudget.metrics import check_weights, score_run, utterance_counts
     from labelbudget.text import normalize
 
-    p = params["evaluate"]
+    p = params.evaluate
     corpus = Corpus.load(corpus_dir)
-    check_weights(p.get("weights"), corpus.tests)
+    check_weights(p.weights, corpus.tests)
     model, meta = ds.load_checkpoint(model_dir / "model.pt")
-    decoder = make_decoder(p.get("decoder", "greedy"))
+    decoder = make_decoder(p.decoder)
     stores = {}
     for t in corpus.tests:  # all test features checked before decoding any
         stores[t] = ds.open_part(features, corpus.test_part(t))
@@ -44,13 +48,12 @@ def evaluate(params: dict, model_dir: Path, features: Path, corpus_dir: Path, ou
         counts = utterance_counts(refs, [hyps[i] for i in ids])
         for uid, ref, c in zip(ids, refs, counts, strict=True):
             rows.append({"test_set": t, "id": uid, "ref": normalize(ref), "hyp": hyps[uid], **c.as_dict()})
-    scores = score_run(rows, p.get("weights"), n_boot=int(p.get("bootstrap", 1000)),
-                       ci=float(p.get("ci", 0.95)), seed=int(p.get("bootstrap_seed", 0)))
+    scores = score_run(rows, p.weights, n_boot=p.bootstrap, ci=p.ci, seed=p.bootstrap_seed)
     train_info = read_json(model_dir / "train.json")
     minutes = float(meta["budget_minutes"])
     metrics = {"upstream": meta["upstream"], "budget_minutes": minutes, "hours": minutes / 60,
                "labeled_hours": meta.get("labeled_hours"), "seed": meta["seed"],
-               "decoder": p.get("decoder", "greedy"),
+               "decoder": p.decoder.name,
                **{k: train_info.get(k) for k in TRAIN_KEYS}, **scores}
     with atomic_dir(out) as tmp:
         write_jsonl(tmp / "hyps.jsonl", rows)

@@ -12,6 +12,7 @@ import hashlib
 import shutil
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -22,6 +23,9 @@ from labelbudget.featstore import ShardWriter
 from labelbudget.io import read_json, write_json
 from labelbudget.manifest import Corpus
 from labelbudget.upstreams import Upstream
+
+if TYPE_CHECKING:
+    from labelbudget.schema import Params
 
 SHAPE_QUANTUM = 8000  # samples (0.5 s)
 
@@ -135,9 +139,10 @@ def extract_part(up: Upstream, corpus: Corpus, part: str, out: Path, layers: lis
     return {"part": part, "utterances": len(rows), "shards": len(shards), "reused_shards": done}
 
 
-def extract_upstream(name: str, params: dict, corpus_dir: Path, out: Path) -> dict:
+def extract_upstream(name: str, params: Params, corpus_dir: Path, out: Path) -> dict:
     """Features of the labeled pool and every test set from upstream params `upstreams.<name>` into `out`
-    (`<out>/<part>/` shards and `<out>/upstream.json`); returns what upstream.json holds."""
+    (`<out>/<part>/` shards and `<out>/upstream.json`); returns what upstream.json holds and the run's facts
+    (wall seconds, real-time factor, shards reused after a crash)."""
     import time
 
     from tqdm import tqdm
@@ -145,24 +150,26 @@ def extract_upstream(name: str, params: dict, corpus_dir: Path, out: Path) -> di
     from labelbudget import upstreams
     from labelbudget.precision import use_bf16
 
-    p = params["extract"]
+    p = params.extract
     corpus = Corpus.load(corpus_dir)
     up = upstreams.load(name, params)
-    layers = resolve_layers(p["layers"], up)
-    device = resolve_device(p["device"])
-    bf16 = use_bf16(p.get("precision", "auto"), device)
+    layers = resolve_layers(p.layers, up)
+    device = resolve_device(p.device)
+    bf16 = use_bf16(p.precision, device)
     parts = [corpus.labeled, *(corpus.test_part(t) for t in corpus.tests)]
     total = sum(r["duration"] for part in parts for r in corpus.read(part))
     start, summary = time.time(), []
     with tqdm(total=round(total), desc=f"extract {name} on {device}{' (bf16)' if bf16 else ''}", unit="audio-s") as bar:
         for part in parts:
-            summary.append(extract_part(up, corpus, part, out / part, layers, p["batch_seconds"],
-                                        p["shard_utterances"], device, progress=bar.update, bf16=bf16))
+            summary.append(extract_part(up, corpus, part, out / part, layers, p.batch_seconds,
+                                        p.shard_utterances, device, progress=bar.update, bf16=bf16))
     wall = time.time() - start
-    info = {"upstream": up.name, "kind": params["upstreams"][name]["kind"], "checkpoint_sha256": up.fingerprint,
+    # upstream.json holds what the features are, not how this run went: the same features give the same bytes,
+    # so a re-extraction that changes nothing leaves every finetune that reads them up to date.
+    info = {"upstream": up.name, "kind": params.upstreams[name].kind, "checkpoint_sha256": up.fingerprint,
             "layers": layers, "dim": up.dim, "frame_rate": up.frame_rate, "compute": "bf16" if bf16 else "fp32",
-            "parts": summary,
-            "audio_seconds": round(total, 1), "wall_seconds": round(wall, 1),
-            "realtime_factor": round(total / max(wall, 1e-9), 1)}
+            "parts": [{k: v for k, v in s.items() if k != "reused_shards"} for s in summary],
+            "audio_seconds": round(total, 1)}
     write_json(out / "upstream.json", info)
-    return info
+    return {**info, "parts": summary, "wall_seconds": round(wall, 1),
+            "realtime_factor": round(total / max(wall, 1e-9), 1)}

@@ -9,10 +9,14 @@ per-test-set WER and CER.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from labelbudget.io import atomic_dir, write_json
 from labelbudget.manifest import Corpus
 from labelbudget.runs import RunKey
+
+if TYPE_CHECKING:
+    from labelbudget.schema import Params
 
 
 def read_ids(path: Path, what: str) -> list[str]:
@@ -24,12 +28,12 @@ def read_ids(path: Path, what: str) -> list[str]:
     return [line.strip() for line in path.read_text().splitlines() if line.strip()]
 
 
-def finetune(key: RunKey, params: dict, features: Path, subsets: Path, corpus_dir: Path, out: Path) -> dict:
+def finetune(key: RunKey, params: Params, features: Path, subsets: Path, corpus_dir: Path, out: Path) -> dict:
     from labelbudget import downstream as ds
     from labelbudget import tracking
     from labelbudget.metrics import check_weights, corpus_scores
 
-    cfg = ds.DownstreamConfig.from_params(params["finetune"])
+    cfg = params.finetune
     corpus = Corpus.load(corpus_dir)
     texts = {r["id"]: r["text"] for r in corpus.read(corpus.labeled)}
 
@@ -52,7 +56,7 @@ def finetune(key: RunKey, params: dict, features: Path, subsets: Path, corpus_di
         tests[name] = (store, rows)
     # Weights do not change training (so they are not a param of this stage), but a mismatch must stop the
     # pipeline before hours of training, not at evaluation.
-    check_weights(params.get("evaluate", {}).get("weights"), corpus.tests)
+    check_weights(params.evaluate.weights, corpus.tests)
     layer = ds.layer_index(labeled, cfg.layer)
 
     train_set = ds.FeatureDataset(labeled, train_ids, texts, layer, in_memory=True)
@@ -60,9 +64,9 @@ def finetune(key: RunKey, params: dict, features: Path, subsets: Path, corpus_di
     in_budget = set(train_ids)
     hours = sum(r["duration"] for r in corpus.read(corpus.labeled) if r["id"] in in_budget) / 3600
     config = {**key.as_dict(), "budget_hours": key.minutes / 60, "labeled_hours": hours,
-              "utterances": len(train_ids), "max_steps": cfg.max_steps, "downstream": params["finetune"]}
+              "utterances": len(train_ids), "max_steps": cfg.max_steps, "downstream": cfg.model_dump()}
     # the grouping keys (commit, profile) go to W&B only: the checkpoint's meta stays a function of the inputs
-    run = tracking.init_run(params["wandb"], job_type="finetune", name=key.name,
+    run = tracking.init_run(params.wandb, job_type="finetune", name=key.name,
                             config={**tracking.group_keys(params, key.upstream), **config})
     try:
         logger = tracking.lightning_logger(run)

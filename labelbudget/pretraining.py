@@ -7,7 +7,7 @@ import json
 import shutil
 import time
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import torch
 
@@ -15,14 +15,18 @@ from labelbudget.batching import StepBatchSampler, WaveDataset, collate_waves, l
 from labelbudget.encoder import EncoderConfig, count_parameters
 from labelbudget.io import atomic_path, write_json
 from labelbudget.manifest import CLEAN_DIR, Corpus
-from labelbudget.ssl import OBJECTIVES, STACK, NonFiniteLossError
+from labelbudget.ssl import STACK, NonFiniteLossError, make_targets
+
+if TYPE_CHECKING:
+    from labelbudget.schema import Params, Pretrain
 
 FORMAT = "labelbudget-ssl/1"
 # Keys of params `pretrain` that may change on resume; every other key (a new one included) changes the
 # trained weights, so checkpoints of another value are discarded.
 RESUME_SAFE = ("max_minutes", "checkpoint_every", "devices", "num_nodes", "strategy", "precision", "num_threads")
 # The code a checkpoint's state dict is laid out by.
-_CODE = [Path(__file__).with_name(n) for n in ("ssl.py", "encoder.py", "pretraining.py")]
+_CODE = [*(Path(__file__).with_name(n) for n in ("ssl.py", "encoder.py", "pretraining.py")),
+         *sorted((Path(__file__).parent / "objectives").glob("*.py"))]
 
 
 class Monitor(Protocol):
@@ -43,24 +47,25 @@ def resolve_precision(setting: str) -> str:
     return "bf16-mixed" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "32-true"
 
 
-def fingerprint(cfg: EncoderConfig, p: dict, seed: int, manifest: Path) -> str:
-    blob = json.dumps({"cfg": cfg.to_dict(), "p": {k: v for k, v in p.items() if k not in RESUME_SAFE},
+def fingerprint(cfg: EncoderConfig, p: Pretrain, seed: int, manifest: Path) -> str:
+    blob = json.dumps({"cfg": cfg.to_dict(), "p": {k: v for k, v in p.model_dump().items() if k not in RESUME_SAFE},
                        "seed": seed, "manifest": hashlib.sha256(manifest.read_bytes()).hexdigest(),
                        "code": [hashlib.sha256(f.read_bytes()).hexdigest() for f in _CODE]}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def run_spec(name: str, params: dict) -> tuple[str, dict]:
+def run_spec(name: str, params: Params) -> tuple[str, Pretrain]:
     """(encoder size, params `pretrain`) of pretraining run `name`: an SSL size, or a calibration topline of
     params `toplines` (a size trained with the same recipe, masking and updates, and the topline's own
     objective and loss weight on the visible frames)."""
-    topline = (params.get("toplines") or {}).get(name)
+    topline = params.toplines.get(name)
     if topline is not None:
-        return topline["size"], {**params["pretrain"], **{k: v for k, v in topline.items() if k != "size"}}
-    if name not in params["models"]:
-        raise ValueError(f"no model size {name!r} in params `models` (have: {', '.join(params['models'])}) "
+        own = {"objective": topline.objective, "unmasked_weight": topline.unmasked_weight}
+        return topline.size, params.pretrain.model_copy(update={k: v for k, v in own.items() if v is not None})
+    if name not in params.models:
+        raise ValueError(f"no model size {name!r} in params `models` (have: {', '.join(params.models)}) "
                          f"and no topline {name!r} in params `toplines`")
-    return name, params["pretrain"]
+    return name, params.pretrain
 
 
 class PretrainWaves(WaveDataset):
@@ -106,7 +111,7 @@ def collate_pretrain(items: list[tuple[torch.Tensor, dict]]) -> tuple[torch.Tens
     return wav, lengths, extra
 
 
-def pretrain(name: str, params: dict, out: Path, corpus_dir: Path = Path("data/corpus"),
+def pretrain(name: str, params: Params, out: Path, corpus_dir: Path = Path("data/corpus"),
              fail_at_step: int | None = None, monitor: Monitor | None = None) -> dict:
     """Train run `name` (an SSL size or a topline, `run_spec`) and export `out/model.pt`. Checkpoints in
     `out/checkpoints` are resumed when they belong to the same configuration, code and data; otherwise they
@@ -121,13 +126,11 @@ def pretrain(name: str, params: dict, out: Path, corpus_dir: Path = Path("data/c
     from labelbudget.ssl import make_ssl_module
 
     size, p = run_spec(name, params)
-    seed = int(params["seed"])
-    cfg = EncoderConfig.from_params(params["models"][size], params["features"]["n_mels"])
+    seed = params.seed
+    cfg = EncoderConfig.from_params(params.models[size], params.features.n_mels)
     corpus = Corpus.load(corpus_dir)
     rows = corpus.read(corpus.unlabeled)
     durations = [r["duration"] for r in rows]
-    if p["objective"] not in OBJECTIVES:
-        raise ValueError(f"params pretrain.objective: {p['objective']!r} is not one of {', '.join(OBJECTIVES)}")
 
     ckpt_dir = out / "checkpoints"
     fp = fingerprint(cfg, p, seed, corpus.manifest_path(corpus.unlabeled))
@@ -139,13 +142,13 @@ def pretrain(name: str, params: dict, out: Path, corpus_dir: Path = Path("data/c
     last = ckpt_dir / "last.ckpt"
 
     L.seed_everything(seed, workers=True, verbose=False)
-    quantizer = OBJECTIVES[p["objective"]](rows, corpus, p, cfg, seed)
+    quantizer = make_targets(p.objective, rows, corpus, p, cfg, seed)
     # Where an utterance has no clean rendering, its targets come from itself.
-    data = PretrainWaves(rows, corpus, quantizer, clean=bool(p.get("clean_targets")))
+    data = PretrainWaves(rows, corpus, quantizer, clean=p.clean_targets)
     if data.clean_share == 0:
         print(f"pretrain.clean_targets: corpus {corpus.dir} has no clean renderings ({CLEAN_DIR}/, the "
               "synthesized corpus only): targets come from the audio as stored", flush=True)
-    precision = resolve_precision(p["precision"])
+    precision = resolve_precision(str(p.precision))
     # Lightning refuses gradient clipping with a fused optimizer under mixed precision (CUDA bf16 crashed at
     # the first step): fused only for full-precision training.
     module = make_ssl_module(cfg, p, seed, quantizer, fused=precision in ("32-true", "32", 32))
@@ -154,7 +157,7 @@ def pretrain(name: str, params: dict, out: Path, corpus_dir: Path = Path("data/c
     class Data(L.LightningDataModule):
         def train_dataloader(self):
             t = self.trainer
-            sampler = StepBatchSampler(durations, p["batch_seconds"], p["max_steps"], seed,
+            sampler = StepBatchSampler(durations, p.batch_seconds, p.max_steps, seed,
                                        start_step=lambda: t.global_step, rank=t.global_rank,
                                        world_size=t.world_size)
             return torch.utils.data.DataLoader(data, batch_sampler=sampler, collate_fn=collate_pretrain,
@@ -191,18 +194,18 @@ def pretrain(name: str, params: dict, out: Path, corpus_dir: Path = Path("data/c
     monitoring = Monitoring() if monitor is not None else None
     loggers = [CSVLogger(str(out / "logs"), name="", version="")]
     run = None
-    if params.get("wandb", {}).get("mode", "offline") != "disabled" and rank_zero_only.rank == 0:
-        run = tracking.init_run(params["wandb"], job_type="pretrain", name=f"pretrain-{name}", config={
-            **tracking.group_keys(params, name), "size": size, "objective": p["objective"],
-            "parameters": count_parameters(module.encoder), **cfg.to_dict(), **p})
+    if params.wandb.mode != "disabled" and rank_zero_only.rank == 0:
+        run = tracking.init_run(params.wandb, job_type="pretrain", name=f"pretrain-{name}", config={
+            **tracking.group_keys(params, name), "size": size, "objective": p.objective,
+            "parameters": count_parameters(module.encoder), **cfg.to_dict(), **p.model_dump()})
         loggers.append(tracking.lightning_logger(run))
     trainer = L.Trainer(
-        max_steps=p["max_steps"], max_epochs=-1, max_time={"minutes": p["max_minutes"]},
-        precision=precision, gradient_clip_val=p["grad_clip"],
-        accelerator="auto", devices=p["devices"], num_nodes=p["num_nodes"], strategy=p["strategy"],
+        max_steps=p.max_steps, max_epochs=-1, max_time={"minutes": p.max_minutes},
+        precision=precision, gradient_clip_val=p.grad_clip,
+        accelerator="auto", devices=p.devices, num_nodes=p.num_nodes, strategy=p.strategy,
         use_distributed_sampler=False, logger=loggers, enable_model_summary=False,
-        log_every_n_steps=max(1, min(10, p["max_steps"] // 10)),
-        callbacks=[ModelCheckpoint(dirpath=ckpt_dir, every_n_train_steps=p["checkpoint_every"], save_last=True,
+        log_every_n_steps=max(1, min(10, p.max_steps // 10)),
+        callbacks=[ModelCheckpoint(dirpath=ckpt_dir, every_n_train_steps=p.checkpoint_every, save_last=True,
                                    save_top_k=0), CrashAt(), *([monitoring] if monitoring else [])],
     )
     start = time.time()
@@ -232,10 +235,10 @@ def pretrain(name: str, params: dict, out: Path, corpus_dir: Path = Path("data/c
         metrics["monitor_seconds"] = round(monitoring.seconds, 2)
         metrics["monitor_share"] = round(monitoring.seconds / max(wall, 1e-9), 4)  # of the wall time of fit
     summary = {"upstream": name, "size": size, "steps": trainer.global_step, "wall_seconds": round(wall, 1),
-               "parameters": count_parameters(module.encoder), "objective": p["objective"], **metrics}
+               "parameters": count_parameters(module.encoder), "objective": p.objective, **metrics}
     if data.clean_share is not None:
         summary["clean_target_share"] = round(data.clean_share, 4)
-    export(module, name, p["objective"], trainer.global_step, out / "model.pt")
+    export(module, name, p.objective, trainer.global_step, out / "model.pt")
     write_json(out / "metrics.json", summary)
     if hist.exists() and trained_now:
         shutil.copyfile(hist, out / "history.csv")

@@ -19,6 +19,7 @@ import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -27,6 +28,9 @@ from labelbudget import phones
 from labelbudget.featstore import FeatureStore
 from labelbudget.io import write_json
 from labelbudget.manifest import Corpus
+
+if TYPE_CHECKING:
+    from labelbudget.schema import Params
 
 # Weight penalty on standardised frames: keeps L-BFGS finite on separable classes and curbs overfitting of small
 # probe sets (smoke profile, random encoder: train accuracy .87 instead of .97, test accuracy .44 instead of .41).
@@ -121,7 +125,7 @@ def probe_layers(train: Frames, tests: Mapping[str, Frames], layers: list[int], 
     return out
 
 
-def probe_upstream(name: str, params: dict, features: Path, corpus_dir: Path, out: Path) -> dict:
+def probe_upstream(name: str, params: Params, features: Path, corpus_dir: Path, out: Path) -> dict:
     """The probe of upstream `name` from its cached features (`features/<part>/`, every layer kept) into
     `out/metrics.json`; a corpus without phone alignments writes `{"skipped": why}` instead."""
     start = time.time()
@@ -134,10 +138,10 @@ def probe_upstream(name: str, params: dict, features: Path, corpus_dir: Path, ou
                                                f"{corpus.source!r})"}
         write_json(out / "metrics.json", result)
         return result
-    p = params["probe"]
+    p = params.probe
     train_store = FeatureStore(features / corpus.labeled)
-    ids = select([i for i in train_store.ids if i in aligned[corpus.labeled]], int(p["train_utterances"]),
-                 int(params["seed"]))
+    ids = select([i for i in train_store.ids if i in aligned[corpus.labeled]], p.train_utterances,
+                 params.seed)
     rate = float(train_store.meta["frame_rate"])
     train = Frames.collect((train_store[i] for i in ids), (aligned[corpus.labeled][i] for i in ids), rate)
     tests = {}
@@ -146,7 +150,7 @@ def probe_upstream(name: str, params: dict, features: Path, corpus_dir: Path, ou
         segs = aligned[corpus.test_part(t)]
         tests[t] = Frames.collect((f for _, f in store.items()), (segs[i] for i in store.ids), rate)
     result = {"upstream": name, "frame_rate": rate, "train_utterances": len(ids),
-              **probe_layers(train, tests, list(train_store.meta["layers"]), int(p["max_iter"]))}
+              **probe_layers(train, tests, list(train_store.meta["layers"]), p.max_iter)}
     result["seconds"] = round(time.time() - start, 1)
     write_json(out / "metrics.json", result)
     return result
@@ -165,16 +169,16 @@ class PretrainingProbe:
         self._untrained: float | None = None
 
     @classmethod
-    def from_params(cls, params: dict, corpus_dir: Path) -> PretrainingProbe | None:
+    def from_params(cls, params: Params, corpus_dir: Path) -> PretrainingProbe | None:
         """None when switched off (`probe.pretrain.every: 0`) or when the corpus has no phone alignments."""
-        p = params["probe"]["pretrain"]
-        if int(p["every"]) <= 0:
+        p = params.probe.pretrain
+        if p.every <= 0:
             return None
         corpus = Corpus.load(corpus_dir)
         if phones.read_part(corpus_dir, corpus.labeled) is None:
             print(f"probe during pretraining skipped: no phone alignments in {corpus_dir} (source {corpus.source})")
             return None
-        return cls(corpus_dir, int(p["every"]), int(p["utterances"]), int(p["max_iter"]), int(params["seed"]))
+        return cls(corpus_dir, p.every, p.utterances, p.max_iter, params.seed)
 
     def _prepare(self, n_mels: int) -> None:
         from labelbudget.batching import WaveDataset, bucket_batches, collate_waves

@@ -23,7 +23,7 @@ from typing import Any
 import yaml
 
 from labelbudget.errors import LabelbudgetError
-from labelbudget.schema import check_params
+from labelbudget.schema import Params, check_params, parse_params
 
 CONF_DIR = "conf"
 CONFIG_NAME = "config"
@@ -121,7 +121,7 @@ def unsaved_edits(root: Path) -> list[str]:
 
 
 def write_params(root: Path, profile: str | None = None, overrides: list[str] | tuple[str, ...] = (),
-                 force: bool = False, check: Callable[[dict], None] | None = None) -> Path:
+                 force: bool = False, check: Callable[[Params], None] | None = None) -> Path:
     """Compose `profile` (default: the current one) with `overrides` into params.yaml, atomically; refuse to
     overwrite direct edits of params.yaml unless `force`. `check` runs on the composed params before anything
     is written (a run checks that files the params name exist)."""
@@ -134,9 +134,9 @@ def write_params(root: Path, profile: str | None = None, overrides: list[str] | 
         # composed and checked before anything is compared or replaced: a bad override leaves params.yaml as is
         _compose_to(root, Path(tmp), [f"profile={profile}", *overrides])
         body = Path(tmp).read_text()
-        check_params(yaml.safe_load(body), where="composed params")
+        parsed = parse_params(yaml.safe_load(body), where="composed params")
         if check:
-            check(yaml.safe_load(body))
+            check(parsed)
         edits = [] if force else unsaved_edits(root)
         if edits:
             shown = ", ".join(edits[:8]) + (" ..." if len(edits) > 8 else "")

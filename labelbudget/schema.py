@@ -1,9 +1,14 @@
 """The typed schema of params.yaml: types, ranges, known keys and the rules between sections.
 
-`check_params` runs before anything does: in `labelbudget run` and `labelbudget profile` (before params.yaml is
+`parse_params` runs before anything does: in `labelbudget run` and `labelbudget profile` (before params.yaml is
 written) and in every stage's `load_params` (so a plain `dvc repro` stops at the same line). Its error names the
-key, the value and what is allowed. The schema only checks; stages keep reading the plain dict, so a budget of
-2 stays the int 2 that names stages and files.
+key, the value and what is allowed. The code reads the frozen `Params` it returns by attribute; defaults live
+only in conf/ (every field here is required), so no second default can disagree. A budget of 2 stays the int 2
+that names stages and files.
+
+With `record_reads(seen)` active, every params leaf read by attribute is added to `seen` as its dotted key
+(`pretrain.lr`; a whole section when it is dumped or a mapping iterated): the audit that checks dvc.yaml
+declares what each stage reads.
 """
 
 from __future__ import annotations
@@ -13,7 +18,7 @@ import pkgutil
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from labelbudget.errors import ParamsError
 
@@ -31,8 +36,87 @@ Fraction = Annotated[float, Field(ge=0, le=1)]
 Budget = Annotated[int | float, Field(gt=0)]
 
 
+_SEEN: set[str] | None = None  # the read audit's record (record_reads), None when off
+
+
+def record_reads(seen: set[str] | None) -> None:
+    """Record every params key read from now on into `seen` (None: stop)."""
+    global _SEEN
+    _SEEN = seen
+
+
+class _Reads(dict):
+    """A mapping field of the params (`upstreams`, `models`, test-set weights...) that records its reads."""
+
+    def __init__(self, data: dict, prefix: str):
+        super().__init__(data)
+        self._prefix = prefix
+
+    def __getitem__(self, key: Any) -> Any:
+        value = super().__getitem__(key)
+        if _SEEN is not None and not isinstance(value, BaseModel):
+            _SEEN.add(f"{self._prefix}.{key}")
+        return value
+
+    def get(self, key: Any, default: Any = None) -> Any:
+        return self[key] if key in self else default
+
+    def _whole(self) -> None:
+        if _SEEN is not None:
+            _SEEN.add(self._prefix)
+
+    def __iter__(self):
+        self._whole()
+        return super().__iter__()
+
+    def keys(self):
+        self._whole()
+        return super().keys()
+
+    def items(self):
+        self._whole()
+        return super().items()
+
+    def values(self):
+        self._whole()
+        return super().values()
+
+
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    """A frozen params section that knows its dotted key (for the read audit and error messages)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+    _key: str = PrivateAttr("")
+
+    def _place(self, key: str) -> None:
+        self._key = key
+        for name, field in type(self).model_fields.items():
+            value = BaseModel.__getattribute__(self, name)
+            child = f"{key}.{field.alias or name}" if key else (field.alias or name)
+            if isinstance(value, Section):
+                value._place(child)
+            elif isinstance(value, dict):
+                for k, v in value.items():
+                    if isinstance(v, Section):
+                        v._place(f"{child}.{k}")
+
+    def __getattribute__(self, name: str) -> Any:
+        value = BaseModel.__getattribute__(self, name)
+        if _SEEN is None or name.startswith("_") or name not in type(self).model_fields:
+            return value
+        field = type(self).model_fields[name]
+        key = BaseModel.__getattribute__(self, "_key")
+        path = f"{key}.{field.alias or name}" if key else (field.alias or name)
+        if isinstance(value, dict):
+            return _Reads(value, path)
+        if not isinstance(value, Section):
+            _SEEN.add(path)
+        return value
+
+    def model_dump(self, **kwargs: Any) -> dict[str, Any]:
+        if _SEEN is not None:
+            _SEEN.add(BaseModel.__getattribute__(self, "_key") or "*")
+        return super().model_dump(**kwargs)
 
 
 def _unique(values: list) -> list:
@@ -53,18 +137,18 @@ class Synth(Section):
     labeled_hours: Positive
     test_utterances: PositiveInt
     test_sets: Annotated[list[Literal[TEST_SETS]], Field(min_length=1)]  # type: ignore[valid-type]
-    shard_size: PositiveInt = 32
-    workers: NonNegativeInt = 0
+    shard_size: PositiveInt
+    workers: NonNegativeInt
 
     _unique_sets = field_validator("test_sets")(_unique)
 
 
 class Ingest(Section):
-    path: str = ""
-    unlabeled: str | list[str] = []
-    labeled: str | list[str] = []
-    tests: dict[str, str | list[str]] = {}
-    held_out_speakers: Literal["tests"] | list[str] = []
+    path: str
+    unlabeled: str | list[str]
+    labeled: str | list[str]
+    tests: dict[str, str | list[str]]
+    held_out_speakers: Literal["tests"] | list[str]
 
 
 class Corpus(Section):
@@ -88,9 +172,9 @@ class Validate(Section):
     duration_tolerance: NonNegative
     silence_db: Annotated[float, Field(le=0)]
     max_clipped_fraction: Fraction
-    report_rows: PositiveInt = 10
-    workers: NonNegativeInt = 0
-    labeled_in_unlabeled: Literal["auto", "allow", "forbid"] = "auto"
+    report_rows: PositiveInt
+    workers: NonNegativeInt
+    labeled_in_unlabeled: Literal["auto", "allow", "forbid"]
 
     @model_validator(mode="after")
     def _durations(self) -> Validate:
@@ -108,8 +192,8 @@ class Subsets(Section):
     _unique_lists = field_validator("budgets_min", "seeds")(_unique)
 
 
-class Upstream(BaseModel):
-    model_config = ConfigDict(extra="allow")
+class Upstream(Section):
+    model_config = ConfigDict(extra="allow", frozen=True)
     kind: str
     source: str
     size: str | None = None
@@ -134,10 +218,10 @@ class Model(Section):
     layers: PositiveInt
     dim: PositiveInt
     heads: PositiveInt
-    ff_mult: PositiveInt = 4
-    conv_channels: PositiveInt = 256
-    dropout: Annotated[float, Field(ge=0, lt=1)] = 0.1
-    pos_kernel: PositiveInt = 15
+    ff_mult: PositiveInt
+    conv_channels: PositiveInt
+    dropout: Annotated[float, Field(ge=0, lt=1)]
+    pos_kernel: PositiveInt
 
     @model_validator(mode="after")
     def _heads_divide(self) -> Model:
@@ -151,7 +235,15 @@ class Features(Section):
 
 
 class Pretrain(Section):
-    objective: Literal["bestrq", "hubert", "phones"]
+    objective: str  # a module of labelbudget/objectives
+
+    @field_validator("objective")
+    @classmethod
+    def _objective(cls, v: str) -> str:
+        names = modules_of("labelbudget.objectives")
+        if v not in names:
+            raise ValueError(f"not a module of labelbudget/objectives ({', '.join(names)})")
+        return v
     max_steps: PositiveInt
     max_minutes: Positive
     batch_seconds: Positive
@@ -165,25 +257,25 @@ class Pretrain(Section):
     codebook_dim: PositiveInt
     kmeans_clusters: Annotated[int, Field(ge=2)]
     kmeans_utterances: PositiveInt
-    kmeans_layer: NonNegativeInt | None = None  # hubert: k-means on a never-trained encoder's layer (None: log-mel)
-    reconstruction_weight: NonNegative = 0.0
-    clean_targets: bool = False  # targets from clean renderings of the degraded unlabeled audio (synth corpus)
-    input_corruption: Fraction = 0.0  # share of utterances whose input (not targets) is degraded on the fly
-    head_layers: NonNegativeInt = 0  # Transformer layers of the prediction head apart from the encoder
-    unmasked_weight: NonNegative = 0.0  # loss weight of the visible frames' targets (0: masked frames only)
-    infonce_weight: NonNegative = 0.0  # contrastive term, distractors from the same utterance (0: off)
+    kmeans_layer: NonNegativeInt | None  # hubert: k-means on a never-trained encoder's layer (None: log-mel)
+    reconstruction_weight: NonNegative
+    clean_targets: bool  # targets from clean renderings of the degraded unlabeled audio (synth corpus)
+    input_corruption: Fraction  # share of utterances whose input (not targets) is degraded on the fly
+    head_layers: NonNegativeInt  # Transformer layers of the prediction head apart from the encoder
+    unmasked_weight: NonNegative  # loss weight of the visible frames' targets (0: masked frames only)
+    infonce_weight: NonNegative  # contrastive term, distractors from the same utterance (0: off)
     precision: Literal[PRECISIONS] | Literal[16, 32, 64]  # type: ignore[valid-type]
     checkpoint_every: PositiveInt
-    devices: PositiveInt | Literal["auto"] = 1
-    num_nodes: PositiveInt = 1
-    strategy: str = "auto"
-    num_threads: NonNegativeInt = 0
+    devices: PositiveInt | Literal["auto"]
+    num_nodes: PositiveInt
+    strategy: str
+    num_threads: NonNegativeInt
 
 
 class Topline(Section):
     size: str
     objective: Literal["phones"]
-    unmasked_weight: NonNegative = 1.0
+    unmasked_weight: NonNegative | None = None  # an override of pretrain.unmasked_weight (None: the same)
 
 
 class Extract(Section):
@@ -191,7 +283,7 @@ class Extract(Section):
     batch_seconds: Positive
     shard_utterances: PositiveInt
     device: Annotated[str, Field(pattern=r"^(auto|cpu|cuda(:\d+)?)$")]
-    precision: Literal["auto", "bf16", "fp32"] = "auto"
+    precision: Literal["auto", "bf16", "fp32"]
 
     @field_validator("layers")
     @classmethod
@@ -220,7 +312,7 @@ class Finetune(Section):
     conv_blocks: NonNegativeInt
     conv_kernel: PositiveInt
     hidden: PositiveInt
-    lstm_layers: PositiveInt
+    lstm_layers: NonNegativeInt  # 0: a convolutional head (conv_blocks) without the BiLSTM
     dropout: Annotated[float, Field(ge=0, lt=1)]
     frame_rate: Positive
     upsample: PositiveInt
@@ -240,9 +332,9 @@ class Finetune(Section):
     lr_decay: Annotated[float, Field(gt=0, le=1)]
     blank_exit: Fraction
     cmvn_utterances: PositiveInt
-    num_threads: NonNegativeInt = 0
-    accelerator: Literal["auto", "cpu", "gpu", "cuda"] = "auto"
-    precision: Literal["auto", "bf16", "fp32"] = "fp32"
+    num_threads: NonNegativeInt
+    accelerator: Literal["auto", "cpu", "gpu", "cuda"]
+    precision: Literal["auto", "bf16", "fp32"]
 
     @field_validator("layer")
     @classmethod
@@ -252,12 +344,26 @@ class Finetune(Section):
         return v
 
 
+class DecoderSpec(Section):
+    """A module of labelbudget/decoders and its options (any key beside `name`)."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+    name: str
+
+    @model_validator(mode="after")
+    def _known(self) -> DecoderSpec:
+        names = modules_of("labelbudget.decoders")
+        if self.name not in names:
+            raise ValueError(f"name {self.name!r} is not a module of labelbudget/decoders ({', '.join(names)})")
+        return self
+
+
 class Evaluate(Section):
-    decoder: str
+    decoder: DecoderSpec
     weights: Literal["words", "equal"] | dict[str, NonNegative]
     bootstrap: NonNegativeInt
     ci: Annotated[float, Field(gt=0, lt=1)]
-    bootstrap_seed: int = 0
+    bootstrap_seed: int
 
 
 class Report(Section):
@@ -275,10 +381,10 @@ class Params(Section):
     seed: NonNegativeInt
     wandb: Wandb
     corpus: Corpus
-    validate_: Validate = Field(alias="validate")
+    validation: Validate = Field(alias="validate")
     subsets: Subsets
     ssl_sizes: list[str]
-    toplines: dict[str, Topline] = {}
+    toplines: dict[str, Topline]
     upstreams: Annotated[dict[str, Upstream], Field(min_length=1)]
     models: dict[str, Model]
     features: Features
@@ -331,15 +437,20 @@ class Params(Section):
         return self
 
 
-def upstream_kinds() -> list[str]:
-    """Modules of labelbudget/upstreams, found without importing them (and torch)."""
-    spec = importlib.util.find_spec("labelbudget.upstreams")
+def modules_of(package: str) -> list[str]:
+    """The modules of a registry package (labelbudget.upstreams, .decoders...), found without importing them
+    (and torch): the one place extension points are discovered."""
+    spec = importlib.util.find_spec(package)
     paths = list(spec.submodule_search_locations or []) if spec else []
     return sorted(m.name for m in pkgutil.iter_modules(paths) if m.name not in ("base", "__init__"))
 
 
+def upstream_kinds() -> list[str]:
+    return modules_of("labelbudget.upstreams")
+
+
 def _message(err: dict) -> str:
-    key = ".".join(str(p) for p in err["loc"]).replace("validate_", "validate")
+    key = ".".join(str(p) for p in err["loc"])
     text = re.sub(r"^(Value error|Assertion failed), ", "", err["msg"])
     if err["type"] == "extra_forbidden":
         return f"{key}: unknown key; allowed here: {', '.join(_known_keys(err['loc']))}"
@@ -351,20 +462,32 @@ def _message(err: dict) -> str:
     return f"{key} = {shown}: {text[:1].lower() + text[1:]}"
 
 
-def check_params(params: Any, where: str = "params") -> None:
-    """Raise ParamsError naming the first broken key, its value and what is allowed (and how many more)."""
+def parse_params(params: Any, where: str = "params") -> Params:
+    """The typed params; ParamsError naming the first broken key, its value and what is allowed (and how many
+    more)."""
     if not isinstance(params, dict):
         raise ParamsError(f"{where}: expected a mapping of sections, got {type(params).__name__}")
-    if not OWN_SECTIONS & set(params):
-        return  # another pipeline driven by the same flows (the tests' toy project): not this schema
     try:
-        Params.model_validate(params)
+        parsed = Params.model_validate(params)
     except ValidationError as e:
         errors = e.errors(include_url=False)
         first = _message(errors[0])
         more = f" (and {len(errors) - 1} more: {', '.join(_message(x) for x in errors[1:3])}"
         more += ", ..." if len(errors) > 3 else ""
         raise ParamsError(f"{where}: {first}{more + ')' if len(errors) > 1 else ''}") from None
+    parsed._place("")
+    return parsed
+
+
+def is_labelbudget(params: Any) -> bool:
+    """False for another pipeline driven by the same flows (the tests' toy project): not this schema."""
+    return isinstance(params, dict) and bool(OWN_SECTIONS & set(params))
+
+
+def check_params(params: Any, where: str = "params") -> None:
+    """`parse_params` for a mapping that may belong to another pipeline (the flows drive any DVC project)."""
+    if not isinstance(params, dict) or is_labelbudget(params):
+        parse_params(params, where)
 
 
 def _known_keys(loc: tuple) -> list[str]:

@@ -31,6 +31,7 @@ from labelbudget import audio, phones
 from labelbudget.errors import CorpusError, CorpusNotFoundError
 from labelbudget.io import read_jsonl
 from labelbudget.manifest import TEST_PREFIX, Corpus, inside, write_manifest
+from labelbudget.schema import Ingest, Params
 
 SOURCES = ("librispeech", "commonvoice", "manifest")
 AUDIO_SUFFIXES = (".flac", ".wav")  # what a LibriSpeech-layout tree without transcripts may hold
@@ -42,7 +43,7 @@ _TEST_NAME = re.compile(r"[A-Za-z0-9_.-]+")  # test names become file names (man
 Reader = Callable[[Path, str, bool], list[dict]]
 
 
-def ingest(source: str, cfg: dict, out: Path) -> Corpus:
+def ingest(source: str, cfg: Ingest, out: Path) -> Corpus:
     """Write `out/manifests/<part>.jsonl`, `out/corpus.json` and an empty `out/phones/index.json` (no
     alignments) for a real corpus; return the Corpus."""
     readers: dict[str, Reader] = {"librispeech": _librispeech, "commonvoice": _commonvoice,
@@ -70,7 +71,7 @@ def ingest(source: str, cfg: dict, out: Path) -> Corpus:
             speakers_in_tests.update(r["speaker"] for r in rows)
         write_manifest(corpus.manifest_path(part), rows)
 
-    held_out = cfg.get("held_out_speakers") or []
+    held_out = cfg.held_out_speakers
     corpus.held_out_speakers = (sorted(speakers_in_tests) if held_out == "tests"
                                 else [str(s) for s in held_out])
     corpus.save_meta()
@@ -81,10 +82,10 @@ def ingest(source: str, cfg: dict, out: Path) -> Corpus:
     return corpus
 
 
-def _root(cfg: dict) -> Path:
-    if not cfg.get("path"):
+def _root(cfg: Ingest) -> Path:
+    if not cfg.path:
         raise CorpusError("params corpus.ingest.path is empty: set it to the root directory of your corpus")
-    root = Path(cfg["path"]).expanduser()
+    root = Path(cfg.path).expanduser()
     if not root.is_dir():
         raise CorpusNotFoundError(f"{root}: corpus root not found (params corpus.ingest.path)")
     return root.resolve()
@@ -106,10 +107,10 @@ def _as_list(value: str | list | None) -> list[str]:
     return [value] if isinstance(value, str) else [str(v) for v in value]
 
 
-def _plan(cfg: dict) -> dict[str, list[str]]:
+def _plan(cfg: Ingest) -> dict[str, list[str]]:
     """Part name -> the subsets it is made of, checked before any file is read."""
-    plan = {"unlabeled": _as_list(cfg.get("unlabeled")), "labeled": _as_list(cfg.get("labeled"))}
-    for name, subsets in (cfg.get("tests") or {}).items():
+    plan = {"unlabeled": _as_list(cfg.unlabeled), "labeled": _as_list(cfg.labeled)}
+    for name, subsets in cfg.tests.items():
         if not _TEST_NAME.fullmatch(str(name)):
             raise CorpusError(f"params corpus.ingest.tests: name {name!r} may only use letters, digits, "
                              "'_', '-', '.'")
@@ -273,18 +274,18 @@ def _declared_duration(value: object, path: Path, lineno: int) -> float | None:
         raise CorpusError(f"{path}: row {lineno}: duration {value!r} is not a number of seconds") from None
 
 
-def prepare(params: dict, out: Path) -> Corpus:
+def prepare(params: Params, out: Path) -> Corpus:
     """The corpus of params `corpus` into `out` (atomically): synthesized (`source: synth`) or ingested."""
     from labelbudget.io import atomic_dir
 
-    source = params["corpus"]["source"]
+    source = params.corpus.source
     with atomic_dir(out) as tmp:
         if source == "synth":
-            from labelbudget.corpus import SynthConfig, count_utterances, synthesize
+            from labelbudget.corpus import count_utterances, synthesize
 
-            cfg = SynthConfig.from_params(params["corpus"]["synth"], seed=params["seed"])
+            cfg = params.corpus.synth
             with tqdm(total=count_utterances(cfg), desc="synthesize", unit="utt") as bar:
-                synthesize(cfg, tmp, progress=bar.update)
+                synthesize(cfg, params.seed, tmp, progress=bar.update)
         else:
-            ingest(source, params["corpus"]["ingest"], tmp)
+            ingest(source, params.corpus.ingest, tmp)
     return Corpus.load(out)  # fail loudly here, not three stages later, if the description is unreadable

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from labelbudget.errors import LabelbudgetError
+
+if TYPE_CHECKING:
+    from labelbudget.schema import Params
 
 
 class BudgetError(LabelbudgetError, ValueError):
@@ -51,22 +55,22 @@ def draw_budgets(rows: list[dict], budgets_min: list[float], seed: int, toleranc
     return out
 
 
-def write_subsets(params: dict, corpus_dir: Path, out: Path) -> dict:
+def write_subsets(params: Params, corpus_dir: Path, out: Path) -> dict:
     """`<out>/dev.txt`, `<out>/<budget>min-seed<seed>.txt` id lists and `<out>/summary.json`, atomically."""
     from labelbudget.io import atomic_dir, write_json
     from labelbudget.manifest import Corpus
     from labelbudget.runs import subset_file
 
-    p = params["subsets"]
+    p = params.subsets
     corpus = Corpus.load(corpus_dir)
     rows = corpus.read(corpus.labeled)
-    pool, dev = split_dev(rows, p["dev_minutes"], params["seed"])
+    pool, dev = split_dev(rows, p.dev_minutes, params.seed)
     durations = {r["id"]: r["duration"] for r in rows}
     summary = {"dev": {"utterances": len(dev), "minutes": sum(r["duration"] for r in dev) / 60}}
     with atomic_dir(out) as tmp:
         (tmp / "dev.txt").write_text("".join(r["id"] + "\n" for r in dev))
-        for seed in p["seeds"]:
-            for minutes, ids in draw_budgets(pool, p["budgets_min"], seed, p["tolerance"]).items():
+        for seed in p.seeds:
+            for minutes, ids in draw_budgets(pool, p.budgets_min, seed, p.tolerance).items():
                 name = subset_file(minutes, seed).removesuffix(".txt")
                 (tmp / f"{name}.txt").write_text("".join(i + "\n" for i in ids))
                 got = sum(durations[i] for i in ids) / 60

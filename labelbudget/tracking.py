@@ -12,18 +12,21 @@ import os
 import subprocess
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from labelbudget.schema import Params, Wandb
 
 
-def init_run(wandb_params: dict, *, job_type: str, name: str, config: dict[str, Any],
+def init_run(wandb_params: Wandb, *, job_type: str, name: str, config: dict[str, Any],
              directory: str | Path = ".") -> Any:
     """Start a W&B run in the experiment's project and group; `finish` it before starting the next one."""
-    os.environ.setdefault("WANDB_MODE", str(wandb_params.get("mode", "offline")))
+    os.environ.setdefault("WANDB_MODE", wandb_params.mode)
     os.environ.setdefault("WANDB_SILENT", "true")
     import wandb
 
     Path(directory).mkdir(parents=True, exist_ok=True)
-    return wandb.init(project=wandb_params.get("project", "labelbudget"), group=wandb_params.get("group"),
+    return wandb.init(project=wandb_params.project, group=wandb_params.group,
                       job_type=job_type, name=name, config=config, dir=str(directory),
                       mode=os.environ["WANDB_MODE"], reinit="finish_previous")
 
@@ -38,21 +41,20 @@ def commit() -> str | None:
     return out.stdout.strip() or None if out.returncode == 0 else None
 
 
-def group_keys(params: dict, upstream: str) -> dict[str, Any]:
+def group_keys(params: Params, upstream: str) -> dict[str, Any]:
     """The config keys every run of one upstream carries so a W&B workspace can group and filter by them:
     upstream, kind, size, objective (None for an upstream that was never pre-trained), profile, commit."""
-    ups = params.get("upstreams") or {}
-    spec = ups.get(upstream) or {} if isinstance(ups, dict) else {}
-    kind = spec.get("kind", "ssl")
+    spec = params.upstreams.get(upstream)
+    kind = spec.kind if spec is not None else "ssl"  # a pretraining run of a size no upstream names
     size = objective = None
     if kind == "ssl":
-        top = (params.get("toplines") or {}).get(upstream)
-        size = top["size"] if top else spec.get("size", upstream)
-        objective = top["objective"] if top else params.get("pretrain", {}).get("objective")
+        top = params.toplines.get(upstream)
+        size = top.size if top else (spec.size if spec is not None and spec.size else upstream)
+        objective = top.objective if top else params.pretrain.objective
     elif kind == "random":
-        size = spec.get("size")
+        size = spec.size
     return {"upstream": upstream, "kind": kind, "size": size, "objective": objective,
-            "profile": params.get("profile"), "commit": commit()}
+            "profile": params.profile, "commit": commit()}
 
 
 def lightning_logger(run: Any) -> Any:

@@ -10,11 +10,15 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from labelbudget.errors import LabelbudgetError
+
+if TYPE_CHECKING:
+    from labelbudget.schema import Params
 
 
 class TranscriptionError(LabelbudgetError, ValueError):
@@ -88,7 +92,7 @@ def load_waves(rows: list[dict]) -> list[torch.Tensor]:
     return wavs
 
 
-def transcribe_files(model_dir: Path, rows: list[dict], params: dict, batch_seconds: float = 60.0,
+def transcribe_files(model_dir: Path, rows: list[dict], params: Params, batch_seconds: float = 60.0,
                      device: str = "auto") -> list[dict]:
     """Each row with its hypothesis `hyp` (normalised text, as the evaluation writes it)."""
     from labelbudget import upstreams
@@ -118,7 +122,7 @@ def transcribe_files(model_dir: Path, rows: list[dict], params: dict, batch_seco
             for k, f in zip(batch, featurize(up, wav, lengths, meta["features_layers"], dev, bf16), strict=True):
                 feats[rows[k]["id"]] = f
     ids = [r["id"] for r in rows]
-    decoder = make_decoder(params.get("evaluate", {}).get("decoder", "greedy"))
+    decoder = make_decoder(params.evaluate.decoder)
     hyps = transcribe(model, FeatureDataset(feats, ids, layer=meta["layer_index"]), decoder)
     return [{**r, "audio": str(r["audio"]), "hyp": hyps[r["id"]]} for r in rows]
 

@@ -14,7 +14,7 @@ import multiprocessing as mp
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -24,6 +24,9 @@ from labelbudget import audio
 from labelbudget.io import write_json, write_text
 from labelbudget.manifest import FIELDS, TEST_PREFIX, Corpus, inside
 from labelbudget.text import illegal_chars, normalize
+
+if TYPE_CHECKING:
+    from labelbudget.schema import Validate
 
 CLIP_LEVEL = 0.999  # |sample| at or above this counts as clipped (full scale of 16-bit PCM is 0.99997)
 SILENT_DB = -240.0  # level reported for a file without samples
@@ -125,11 +128,11 @@ def _type_name(rec: dict, key: str) -> str | None:
     return None if rec[key] is None else type(rec[key]).__name__  # null values are the not_null rule's
 
 
-def allowed_pairs(cfg: dict, corpus: Corpus) -> set[frozenset[str]]:
+def allowed_pairs(cfg: Validate, corpus: Corpus) -> set[frozenset[str]]:
     """Pairs of parts that may share utterances: labeled inside unlabeled, the usual self-supervised set-up
     (Libri-light holds LibriSpeech's training audio). `labeled_in_unlabeled`: auto = allowed for ingested
     corpora, not for the synthesized one; allow; forbid. Audio shared with a test set always fails."""
-    mode = cfg.get("labeled_in_unlabeled", "auto")
+    mode = cfg.labeled_in_unlabeled
     allow = mode == "allow" or (mode == "auto" and corpus.source != "synth")
     return {frozenset((corpus.labeled, corpus.unlabeled))} if allow else set()
 
@@ -208,7 +211,7 @@ def sentences_of_tests(df: pd.DataFrame) -> list[str]:
 # --- the rules ----------------------------------------------------------------------------------------------
 
 
-def build_rules(cfg: dict, corpus: Corpus, test_text: list[str], allowed: set[frozenset[str]] = frozenset()
+def build_rules(cfg: Validate, corpus: Corpus, test_text: list[str], allowed: set[frozenset[str]] = frozenset()
                 ) -> list[Rule]:
     import great_expectations.expectations as gxe
 
@@ -216,8 +219,8 @@ def build_rules(cfg: dict, corpus: Corpus, test_text: list[str], allowed: set[fr
         t = FIELDS[f]
         return [x.__name__ for x in (t if isinstance(t, tuple) else (t,))]
 
-    sr, lo, hi = cfg["sample_rate"], cfg["min_duration"], cfg["max_duration"]
-    tol, silence_db, max_clipped = cfg["duration_tolerance"], cfg["silence_db"], cfg["max_clipped_fraction"]
+    sr, lo, hi = cfg.sample_rate, cfg.min_duration, cfg.max_duration
+    tol, silence_db, max_clipped = cfg.duration_tolerance, cfg.silence_db, cfg.max_clipped_fraction
     rules = [
         Rule("schema", "manifest", "every row has the manifest fields with their types "
              "(duration a number, sample_rate an integer, the others strings)",
@@ -328,7 +331,7 @@ def _errors(info: dict | None) -> list[str]:
     return list(dict.fromkeys(str(i.get("exception_message")) for i in infos if i.get("raised_exception")))
 
 
-def make_report(df: pd.DataFrame, rules: list[Rule], results: list, corpus: Corpus, cfg: dict) -> dict:
+def make_report(df: pd.DataFrame, rules: list[Rule], results: list, corpus: Corpus, cfg: Validate) -> dict:
     by_rule: dict[str, dict] = {r.name: {"suite": r.suite, "description": r.description, "passed": True,
                                          "count": 0, "rows": [], "errors": []} for r in rules}
     offending: dict[str, dict[int, dict]] = {r.name: {} for r in rules}
@@ -363,7 +366,7 @@ def make_report(df: pd.DataFrame, rules: list[Rule], results: list, corpus: Corp
         "source": corpus.source,
         "parts": {p: int((df["part"] == p).sum()) for p in corpus.parts},
         "files": int(df["file"].nunique()),
-        "params": cfg,
+        "params": cfg.model_dump(),
         "rules": by_rule,
     }
 
@@ -418,10 +421,10 @@ def summary_markdown(report: dict, max_rows: int = 10) -> str:
 # --- entry points -------------------------------------------------------------------------------------------
 
 
-def validate_corpus(corpus: Corpus, cfg: dict, progress: bool = True) -> dict:
+def validate_corpus(corpus: Corpus, cfg: Validate, progress: bool = True) -> dict:
     """Run every rule over every part of `corpus` with the `validate` params `cfg`; return the report."""
     allowed = allowed_pairs(cfg, corpus)
-    df = add_checks(read_rows(corpus), corpus, workers=cfg.get("workers", 0), progress=progress, allowed=allowed)
+    df = add_checks(read_rows(corpus), corpus, workers=cfg.workers, progress=progress, allowed=allowed)
     rules = build_rules(cfg, corpus, sentences_of_tests(df), allowed)
     return make_report(df, rules, run_expectations(df, rules), corpus, cfg)
 

@@ -24,7 +24,7 @@ def main(argv: list[str] | None = None) -> None:
     for part in corpus.parts:
         rows = corpus.read(part)
         print(f"{part:<24}{len(rows):>7}{total_hours(rows):>9.3f}")
-    print(f"corpus ({params['corpus']['source']}) written to {args.out} in {time.time() - start:.1f} s")
+    print(f"corpus ({params.corpus.source}) written to {args.out} in {time.time() - start:.1f} s")
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--out", type=Path, help="default: models/pretrain/<size or topline>")
     args = ap.parse_args(argv)
     params = load_params()
-    configure_threads(params["pretrain"]["num_threads"])
+    configure_threads(params.pretrain.num_threads)
     summary = pretrain(args.size, params, args.out or Path("models/pretrain") / args.size, args.corpus,
                        monitor=PretrainingProbe.from_params(params, args.corpus))
     if summary:

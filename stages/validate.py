@@ -19,10 +19,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--corpus", type=Path, default=Path("data/corpus"))
     ap.add_argument("--out", type=Path, default=Path("data/validation"), help="report.json and summary.md")
     args = ap.parse_args(argv)
-    cfg = load_params()["validate"]
+    cfg = load_params().validation
     start = time.time()
     report = validate_corpus(Corpus.load(args.corpus), cfg)
-    summary = write_report(report, args.out, max_rows=cfg["report_rows"])
+    summary = write_report(report, args.out, max_rows=cfg.report_rows)
     rules = len(report["rules"])
     if not report["passed"]:
         print(summary)

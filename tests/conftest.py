@@ -12,11 +12,12 @@ from labelbudget.manifest import Corpus
 def synth_corpus(tmp_path_factory) -> Corpus:
     """A small synthesized corpus, which carries phone alignments: about 70 s unlabeled, 110 s labeled, two
     test sets of 6 utterances."""
-    from labelbudget.corpus import SynthConfig, synthesize
+    from labelbudget.corpus import synthesize
+    from labelbudget.schema import Synth
 
-    return synthesize(SynthConfig(unlabeled_hours=0.02, labeled_hours=0.03, test_utterances=6,
-                                  test_sets=["in_domain", "noisy"], shard_size=8, workers=2),
-                      tmp_path_factory.mktemp("synth"))
+    return synthesize(Synth(unlabeled_hours=0.02, labeled_hours=0.03, test_utterances=6,
+                            test_sets=["in_domain", "noisy"], shard_size=8, workers=2),
+                      0, tmp_path_factory.mktemp("synth"))
 
 
 @pytest.fixture(scope="session")

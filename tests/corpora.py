@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import soundfile as sf
+from defaults import section
 
 from labelbudget.manifest import Corpus, write_manifest
 
@@ -38,16 +39,7 @@ def sentence(k: int) -> str:
 
 
 # The `validate` params of the profiles, with two workers for the 2-core machine.
-VALIDATE_CFG = {
-    "sample_rate": SR,
-    "min_duration": 0.3,
-    "max_duration": 35.0,
-    "duration_tolerance": 0.05,
-    "silence_db": -55,
-    "max_clipped_fraction": 0.01,
-    "report_rows": 10,
-    "workers": 2,
-}
+VALIDATE_CFG = section("validate", workers=2)
 
 
 def tone(seed: int, seconds: float = 1.0, sr: int = SR, channels: int = 1,

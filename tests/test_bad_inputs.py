@@ -68,7 +68,8 @@ def chain(*steps: Callable[[Path], None]) -> Callable[[Path], None]:
 
 
 def ingest(source: str, **cfg: object) -> Callable[[Path], None]:
-    base = {"path": "mine", "unlabeled": ["pool.csv"], "labeled": ["train.csv"], "tests": {"t": "test.csv"}}
+    base = {"path": "mine", "unlabeled": ["pool.csv"], "labeled": ["train.csv"], "tests": {"t": "test.csv"},
+            "held_out_speakers": []}
     return set_params(corpus__source=source, corpus__ingest={**base, **cfg})
 
 
@@ -130,7 +131,7 @@ CASES = [
     Case("misspelt-key", r"Could not override 'finetune\.lrr'", ["run", "--set", "finetune.lrr=1"]),
     Case("added-unknown-key", r"finetune\.lrr: unknown key; allowed here: layer, dim",
          ["run", "--set", "+finetune.lrr=1"]),
-    Case("unknown-choice", r"pretrain\.objective = 'wav2vec': input should be 'bestrq', 'hubert' or 'phones'",
+    Case("unknown-choice", r"pretrain\.objective = 'wav2vec': not a module of labelbudget/objectives \(bestrq, hubert,",
          ["run", "--set", "pretrain.objective=wav2vec"]),
     Case("heads-do-not-divide", r"models\.large: dim 320 must be a multiple of heads 3",
          ["run", "--set", "models.large.heads=3"]),

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
+from defaults import params
 
 from labelbudget.report.aggregate import ReportConfig
 from labelbudget.report.calibration import (
@@ -14,8 +17,8 @@ from labelbudget.report.calibration import (
     share_of_gap,
 )
 
-CFG = ReportConfig(upstreams=["small", "large", "random", "topline"], ssl_sizes=["small", "large"],
-                   budgets_min=[2, 6, 20, 60], seeds=[0], toplines=["topline"])
+CFG = replace(ReportConfig.from_params(params("default")), upstreams=["small", "large", "random", "topline"],
+              seeds=[0], toplines=["topline"])
 BUDGETS = ["2", "6", "20", "60"]
 
 
@@ -83,7 +86,7 @@ def test_sensitivity_needs_three_of_four_budgets():
     two = {**CENTRES, "topline": [0.58, 0.52, 0.34, 0.32]}
     comps = comparisons(replicates(two, 0.01), CFG, table_of(two), "cer")
     assert sensitivity(comps, CFG)["verdict"] == "inconclusive"
-    assert sensitivity(comps, ReportConfig(**{**CFG.__dict__, "toplines": []})) is None
+    assert sensitivity(comps, replace(CFG, toplines=[])) is None
 
 
 def test_error_and_probe_gap_shares_on_hand_made_numbers():

@@ -9,15 +9,16 @@ import pytest
 import soundfile as sf
 
 from labelbudget import phones
-from labelbudget.corpus import HELD_OUT_VOICES, LABELED_VOICES, SynthConfig, plan, synthesize
+from labelbudget.corpus import HELD_OUT_VOICES, LABELED_VOICES, plan, synthesize
+from labelbudget.schema import Synth
 from labelbudget.synth import Espeak, segments_from_events, text_split
 
 TESTS = ["in_domain", "unseen_accents", "noisy", "reverb", "telephone", "rate_extremes"]
 
 
-def tiny(seed: int = 0) -> SynthConfig:
-    return SynthConfig(unlabeled_hours=0.01, labeled_hours=0.01, test_utterances=2, test_sets=TESTS,
-                       seed=seed, shard_size=4, workers=2)
+def tiny() -> Synth:
+    return Synth(unlabeled_hours=0.01, labeled_hours=0.01, test_utterances=2, test_sets=TESTS, shard_size=4,
+                 workers=2)
 
 
 def digest(directory) -> str:
@@ -30,11 +31,11 @@ def digest(directory) -> str:
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
-    return synthesize(tiny(), tmp_path_factory.mktemp("synth"))
+    return synthesize(tiny(), 0, tmp_path_factory.mktemp("synth"))
 
 
 def test_same_seed_gives_the_same_bytes(corpus, tmp_path):
-    again = synthesize(tiny(), tmp_path)
+    again = synthesize(tiny(), 0, tmp_path)
     assert digest(corpus.dir) == digest(again.dir)
 
 
@@ -54,7 +55,7 @@ def test_train_and_test_text_are_disjoint(corpus):
 
 
 def test_each_part_draws_its_own_domain():
-    parts = plan(SynthConfig(unlabeled_hours=0.2, labeled_hours=0.05, test_utterances=20, test_sets=TESTS))
+    parts = plan(tiny().model_copy(update={"unlabeled_hours": 0.2, "labeled_hours": 0.05, "test_utterances": 20}), 0)
     unlabeled_domains = {u["domain"] for u in parts["unlabeled"]}
     assert {"unlabeled-clean", "unlabeled-noise", "unlabeled-reverb", "unlabeled-telephone"} <= unlabeled_domains
     assert {u["voice"] for u in parts["labeled"]} <= set(LABELED_VOICES)
@@ -65,7 +66,7 @@ def test_each_part_draws_its_own_domain():
 
 def test_unknown_test_set_is_named():
     with pytest.raises(ValueError, match="whispered"):
-        plan(SynthConfig(unlabeled_hours=0.01, labeled_hours=0.01, test_utterances=1, test_sets=["whispered"]))
+        plan(tiny().model_copy(update={"test_sets": ["whispered"]}), 0)
 
 
 def test_phone_segments_lie_inside_each_utterance_in_time_order(corpus):

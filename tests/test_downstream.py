@@ -10,8 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from defaults import own_tests, raw, section
 
 from labelbudget import downstream as ds
+from labelbudget.errors import ParamsError
 from labelbudget.evaluation import evaluate
 from labelbudget.featstore import FeatureStore, ShardWriter
 from labelbudget.finetuning import finetune
@@ -20,6 +22,7 @@ from labelbudget.manifest import write_manifest
 from labelbudget.metrics import MetricsError
 from labelbudget.report import make_report
 from labelbudget.runs import RunKey
+from labelbudget.schema import Params, parse_params
 from labelbudget.text import CHAR_TO_ID
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -79,20 +82,26 @@ def build_fixture(root: Path, n_labeled: int = 40, n_test: int = 6) -> dict:
     return texts
 
 
-def tiny_params(**finetune) -> dict:
+def tiny_raw(**finetune) -> dict:
+    """The smoke params for the fixture: its test sets, upstreams and budgets, a tiny fast downstream."""
     ft = {"layer": "weighted", "hidden": 32, "dropout": 0.0, "batch_size": 4, "lr": 0.01, "warmup_steps": 5,
           "time_masks": 1, "time_mask_frames": 2, "feature_masks": 1, "eval_every": 10, "patience": 3,
-          "max_steps": 30,
-          "num_threads": 1, "accelerator": "cpu"}
-    ft.update(finetune)
-    return {"seed": 0, "upstreams": list(UPSTREAMS), "ssl_sizes": ["small", "large"],
-            "subsets": {"budgets_min": [0.5, 1], "seeds": [0]},
-            "wandb": {"project": "labelbudget-test", "group": "test", "mode": "disabled"},
-            "finetune": ft,
-            "evaluate": {"decoder": "greedy", "weights": "words", "bootstrap": 100, "ci": 0.95,
+          "max_steps": 30, "num_threads": 1, "accelerator": "cpu", **finetune}
+    ups = {"small": {"kind": "ssl", "source": "models/pretrain/small/model.pt"},
+           "large": {"kind": "ssl", "source": "models/pretrain/large/model.pt"},
+           "fbank": {"kind": "fbank", "source": "labelbudget/upstreams/fbank.py"},
+           "random": {"kind": "random", "size": "large", "source": "labelbudget/upstreams/random.py"}}
+    return raw(replace={"upstreams": ups}, seed=0, corpus=own_tests(*TESTS),
+               subsets={"budgets_min": [0.5, 1], "seeds": [0]},
+               wandb={"project": "labelbudget-test", "group": "test", "mode": "disabled"}, finetune=ft,
+               evaluate={"decoder": {"name": "greedy"}, "weights": "words", "bootstrap": 100, "ci": 0.95,
                          "bootstrap_seed": 0},
-            "report": {"smaller": "small", "larger": "large", "baseline": "fbank", "control": "random",
-                       "wer_threshold": 0.5, "f3_margin": 0.25}}
+               report={"smaller": "small", "larger": "large", "baseline": "fbank", "control": "random",
+                       "wer_threshold": 0.5, "f3_margin": 0.25})
+
+
+def tiny_params(**finetune) -> Params:
+    return parse_params(tiny_raw(**finetune))
 
 
 @pytest.fixture(autouse=True)
@@ -138,8 +147,8 @@ def test_bilstm_output_of_a_padded_sequence_equals_the_unpadded_one():
 
 
 def test_the_old_budget_dependent_step_cap_is_refused_by_name():
-    with pytest.raises(ds.DownstreamInputError, match="unknown keys \\['step_cap'\\]"):
-        ds.DownstreamConfig.from_params({"step_cap": {"ref_steps": 400}})
+    with pytest.raises(ParamsError, match="finetune.step_cap: unknown key"):
+        tiny_params(step_cap={"ref_steps": 400})
 
 
 def test_in_memory_features_equal_the_memory_mapped_ones(fixture_root):
@@ -152,7 +161,7 @@ def test_in_memory_features_equal_the_memory_mapped_ones(fixture_root):
 
 
 def test_fbank_frames_are_stacked_down_to_the_downstream_rate():
-    cfg = ds.DownstreamConfig(hidden=8, upsample=2)
+    cfg = section("finetune", hidden=8, upsample=2)
     model = ds.DownstreamModel(cfg, num_layers=1, dim=8, input_rate=100)
     log_probs, lens = model(torch.randn(2, 41, 1, 8), torch.tensor([41, 20]))
     assert model.stack == 4
@@ -161,7 +170,7 @@ def test_fbank_frames_are_stacked_down_to_the_downstream_rate():
 
 
 def test_conv_blocks_and_an_lstm_free_head_keep_the_output_shape():
-    cfg = ds.DownstreamConfig(dim=16, conv_blocks=2, lstm_layers=0, upsample=2)
+    cfg = section("finetune", dim=16, conv_blocks=2, lstm_layers=0, upsample=2)
     model = ds.DownstreamModel(cfg, num_layers=3, dim=8, input_rate=25)
     log_probs, lens = model(torch.randn(2, 10, 3, 8), torch.tensor([10, 7]))
     assert log_probs.shape == (2, 20, len(CHAR_TO_ID)) and lens.tolist() == [20, 14]
@@ -176,7 +185,7 @@ def test_a_few_training_steps_reduce_the_ctc_loss(fixture_root):
     torch.manual_seed(0)
     store, ids, texts = datasets(fixture_root)
     train_set = ds.FeatureDataset(store, ids[:8], texts)
-    cfg = ds.DownstreamConfig(hidden=32, dropout=0.0)
+    cfg = section("finetune", hidden=32, dropout=0.0)
     model = ds.DownstreamModel(cfg, store.num_layers, store.dim, store.meta["frame_rate"])
     model.set_stats(*ds.feature_stats(train_set, 100))
     batch = ds.collate([train_set[k] for k in range(8)])
@@ -197,8 +206,8 @@ def test_a_few_training_steps_reduce_the_ctc_loss(fixture_root):
 def test_the_model_overfits_a_tiny_set_and_decodes_non_blank(fixture_root):
     store, ids, texts = datasets(fixture_root)
     train_set = ds.FeatureDataset(store, ids[:12], texts)
-    cfg = ds.DownstreamConfig.from_params(tiny_params(
-        hidden=64, max_steps=200, eval_every=25, patience=100)["finetune"])
+    cfg = tiny_params(
+        hidden=64, max_steps=200, eval_every=25, patience=100).finetune
     result = ds.train(cfg, train_set, train_set, texts, seed=0, verbose=False)
     assert result.left_blank_step is not None and not result.degenerate
     assert result.best_dev_cer < 0.35
@@ -227,7 +236,7 @@ def test_improvements_smaller_than_min_delta_do_not_reset_patience():
 
 def test_batches_cut_from_the_in_memory_block_train_the_same_model_as_the_dataloader(fixture_root):
     store, ids, texts = datasets(fixture_root)
-    cfg = ds.DownstreamConfig.from_params(tiny_params(max_steps=20, eval_every=10)["finetune"])
+    cfg = tiny_params(max_steps=20, eval_every=10).finetune
     results = [ds.train(cfg, ds.FeatureDataset(store, ids[:12], texts, in_memory=m),
                         ds.FeatureDataset(store, ids[12:16], texts), texts, seed=0, verbose=False)
                for m in (False, True)]
@@ -243,8 +252,8 @@ def test_training_stops_by_patience_on_a_dev_plateau(fixture_root):
     train_set = ds.FeatureDataset(store, ids[:12], texts)
     shuffled = dict(zip(ids, [texts[i] for i in ids[1:] + ids[:1]], strict=True))
     dev_set = ds.FeatureDataset(store, ids[12:20], shuffled)
-    cfg = ds.DownstreamConfig.from_params(tiny_params(
-        hidden=64, max_steps=2000, eval_every=10, patience=3)["finetune"])
+    cfg = tiny_params(
+        hidden=64, max_steps=2000, eval_every=10, patience=3).finetune
     result = ds.train(cfg, train_set, dev_set, shuffled, seed=0, verbose=False)
     assert result.stopped_early and result.stop_reason == "patience"
     assert result.steps < 600 and result.steps - result.best_step >= 3 * 10
@@ -255,20 +264,18 @@ def test_nan_features_make_a_degenerate_run_that_stops_at_once(fixture_root):
     store, ids, texts = datasets(fixture_root)
     train_set = ds.FeatureDataset(store, ids[:8], texts, in_memory=True)
     train_set._block[:] = np.nan  # what a diverged upstream would have handed on
-    cfg = ds.DownstreamConfig.from_params(tiny_params(max_steps=50, eval_every=10)["finetune"])
+    cfg = tiny_params(max_steps=50, eval_every=10).finetune
     result = ds.train(cfg, train_set, ds.FeatureDataset(store, ids[8:12], texts), texts, seed=0, verbose=False)
     assert result.non_finite_loss and result.degenerate and result.left_blank_step is None
     assert result.steps < 10
 
 
-def run_finetune(upstream: str = "small", budget: str = "1", **params):
-    p = tiny_params()
-    for k, v in params.items():
-        p[k] = v
-    return finetune_run(upstream, budget, p)
+def run_finetune(upstream: str = "small", budget: str = "1", **sections):
+    """One finetune of the fixture, top-level params `sections` replaced whole."""
+    return finetune_run(upstream, budget, parse_params({**tiny_raw(), **sections}))
 
 
-def finetune_run(upstream: str, budget: str, p: dict) -> dict:
+def finetune_run(upstream: str, budget: str, p: Params) -> dict:
     key = RunKey.of(upstream, budget, 0)
     return finetune(key, p, Path("data/features") / upstream, Path("data/subsets"), Path("data/corpus"),
                     Path("models/finetune") / key.name)
@@ -301,15 +308,15 @@ def test_a_test_set_missing_from_the_features_is_named_before_training(workdir):
 
 
 def test_weights_naming_unknown_test_sets_fail_before_training(workdir):
-    ev = tiny_params()["evaluate"] | {"weights": {"alpha": 1, "gamma": 2}}
+    ev = tiny_raw()["evaluate"] | {"weights": {"alpha": 1, "gamma": 2}}
     with pytest.raises(MetricsError, match=r"do not exist: \['gamma'\].*without a weight: \['beta'\]"):
-        run_finetune(evaluate=ev)
+        run_finetune(evaluate=ev, corpus=own_tests(*TESTS, "gamma"))  # params that name a test set the corpus lacks
     assert not (workdir / "models").exists()
 
 
 def test_a_layer_not_kept_by_extraction_is_named(workdir):
     with pytest.raises(ds.DownstreamInputError, match="layer 9 is not in the features"):
-        run_finetune(finetune=tiny_params(layer=9)["finetune"])
+        run_finetune(finetune=tiny_raw(layer=9)["finetune"])
 
 
 def test_finetune_evaluate_report_stages_run_end_to_end(workdir):
@@ -339,7 +346,8 @@ def test_finetune_evaluate_report_stages_run_end_to_end(workdir):
 
 def test_finetune_writes_an_offline_wandb_run_with_test_scores_in_its_summary(workdir, monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "offline")
-    run_finetune("fbank", "0.5", upstreams={"fbank": {"kind": "fbank"}}, profile="tiny")
+    run_finetune("fbank", "0.5", upstreams={"fbank": tiny_raw()["upstreams"]["fbank"]}, profile="tiny",
+                 report=tiny_raw()["report"] | dict.fromkeys(("smaller", "larger", "baseline", "control")))
     import wandb
 
     wandb.teardown()  # the W&B service writes the run file in the background; a stage process flushes at exit

@@ -6,9 +6,12 @@ import jiwer
 import numpy as np
 import pytest
 import torch
+from defaults import section
 
 from labelbudget import metrics as M
-from labelbudget.decoding import GreedyDecoder, collapse, make_decoder
+from labelbudget.decoders.greedy import GreedyDecoder
+from labelbudget.decoding import collapse, make_decoder
+from labelbudget.errors import ParamsError
 
 REFS_A = ["The CAT, sat!", "on the mat"]
 HYPS_A = ["the cat sit", "on mat"]  # 1 substitution + 1 deletion of 6 words
@@ -108,7 +111,7 @@ def test_greedy_decoder_collapses_repeats_and_drops_blanks():
     log_probs = torch.nn.functional.one_hot(torch.tensor([frames + [4, 4]]), 29).float().log_softmax(-1)
     text = GreedyDecoder().decode(log_probs, lengths=torch.tensor([len(frames)]))  # the padding is ignored
     assert text == ["ab b"]
-    assert isinstance(make_decoder("greedy"), GreedyDecoder)
-    with pytest.raises(ValueError, match="unknown decoder"):
-        make_decoder("beam")
+    assert isinstance(make_decoder(section("evaluate").decoder), GreedyDecoder)
+    with pytest.raises(ParamsError, match=r"evaluate.decoder: name 'beam' is not a module of labelbudget/decoders"):
+        section("evaluate", decoder={"name": "beam"})
 

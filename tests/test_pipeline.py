@@ -153,6 +153,31 @@ def test_every_param_a_stage_reads_is_declared_in_dvc_yaml(smoke_project):
         assert not undeclared, f"stage {name} reads params it does not declare in dvc.yaml: {undeclared}"
 
 
+@pytest.mark.slow
+def test_every_param_a_stage_declares_is_read_by_it(smoke_project):
+    """The other direction: a declared key nobody reads re-runs a stage for nothing. Checked per stage (every
+    instance of a foreach/matrix stage declares the same keys; together they read each of them)."""
+    from dvc.repo import Repo
+
+    repo = Repo(str(smoke_project))
+    by_cmd = {stage.cmd.split(" ", 2)[2]: stage for stage in repo.index.stages}
+    read: dict[str, set[str]] = {}
+    declared: dict[str, set[str]] = {}
+    for line in (smoke_project / "params-read.jsonl").read_text().splitlines():
+        r = json.loads(line)
+        stage = by_cmd[" ".join(r["argv"])]
+        group = stage.name.split("@")[0]
+        keys = {k for d in stage.deps if type(d).__name__ == "ParamsDependency" for k in d.params}
+        declared.setdefault(group, set()).update(k for k in keys if "@" not in stage.name or not k.startswith(
+            ("models.", "upstreams.", "toplines.")))  # per-instance keys: checked by the instance below
+        read.setdefault(group, set()).update(r["keys"])
+        for k in keys & {f"models.{stage.name.split('@')[1]}", f"upstreams.{stage.name.split('@')[-1]}"}:
+            assert any(x == k or x.startswith(k + ".") for x in r["keys"]), f"{stage.name} declares {k}, reads none"
+    for group, keys in declared.items():
+        unread = sorted(k for k in keys if not any(x == k or x.startswith(k + ".") for x in read[group]))
+        assert not unread, f"stage {group} declares params it never reads: {unread}"
+
+
 def stale_after(project: Path, override: str) -> set[str]:
     """Stages `dvc status` reports changed once params.yaml holds `override` (the composition put back after)."""
     from labelbudget.profiles import PARAMS, STATE

@@ -31,7 +31,8 @@ def test_an_unknown_precision_is_refused_with_the_choices():
 
 def test_bf16_features_agree_with_fp32_ones_within_the_stated_tolerance():
     torch.manual_seed(0)
-    up = EncoderUpstream("e", Encoder(EncoderConfig(layers=2, dim=64, heads=2, conv_channels=32, n_mels=40)), "x")
+    up = EncoderUpstream("e", Encoder(EncoderConfig(layers=2, dim=64, heads=2, ff_mult=4, conv_channels=32, n_mels=40,
+                                                  dropout=0.1, pos_kernel=15)), "x")
     up_bf16 = copy.deepcopy(up).to(CPU, weights_dtype(CPU, True))
     assert up_bf16.encoder.pos_conv.weight.dtype == torch.bfloat16 and up_bf16.logmel.fbank.dtype == torch.float32
     wav = 0.1 * torch.randn(2, 24000)

@@ -17,18 +17,23 @@ from labelbudget.extraction import NonFiniteFeaturesError, extract_part, resolve
 from labelbudget.featstore import FeatureStore
 from labelbudget.pretraining import pretrain
 from labelbudget.profiles import compose_plain
+from labelbudget.schema import Params, parse_params
 from labelbudget.ssl import NonFiniteLossError
 from labelbudget.upstreams.ssl import CheckpointError
 
 REPO = Path(__file__).resolve().parent.parent
 
 
-def params(**pretrain_overrides) -> dict:
+def raw_params(**pretrain_overrides) -> dict:
     p = compose_plain(REPO, "smoke")
     p["wandb"]["mode"] = "disabled"
     p["pretrain"].update({"max_steps": 6, "checkpoint_every": 2, "warmup_steps": 2, "batch_seconds": 6},
                          **pretrain_overrides)
     return p
+
+
+def params(**pretrain_overrides) -> Params:
+    return parse_params(raw_params(**pretrain_overrides))
 
 
 @pytest.fixture(scope="session")
@@ -74,12 +79,12 @@ def test_hubert_objective_trains_on_kmeans_targets_of_log_mel_or_a_never_trained
     p = params(objective="hubert", kmeans_clusters=16, kmeans_utterances=8, kmeans_layer=layer, max_steps=3)
     summary = pretrain("small", p, tmp_path, corpus.dir)
     blob = torch.load(tmp_path / "model.pt", weights_only=True)
-    cfg = EncoderConfig.from_params(p["models"]["small"], p["features"]["n_mels"])
+    cfg = EncoderConfig.from_params(p.models["small"], p.features.n_mels)
     centroids = blob["quantizer"]["centroids"]
     assert centroids.shape == (16, cfg.dim if layer else 4 * cfg.n_mels) and summary["objective"] == "hubert"
     assert len(torch.unique(centroids, dim=0)) == 16
     if layer:  # the teacher is the `random` upstream's encoder, untouched by training
-        torch.manual_seed(p["seed"])
+        torch.manual_seed(p.seed)
         control = Encoder(cfg).state_dict()
         teacher = {k.removeprefix("teacher."): v for k, v in blob["quantizer"].items() if k.startswith("teacher.")}
         assert teacher.keys() == control.keys() and all(torch.equal(teacher[k], control[k]) for k in control)
@@ -120,7 +125,7 @@ def test_k_means_targets_refuse_non_finite_frames_naming_the_cause(tmp_path, cor
 
 @pytest.mark.slow
 def test_pretraining_runs_with_two_ddp_processes_on_cpu(tmp_path, corpus):
-    p = params(devices=2, strategy="ddp", max_steps=3)
+    p = raw_params(devices=2, strategy="ddp", max_steps=3)
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(p))
     (tmp_path / "data").mkdir()
     os.symlink(corpus.dir, tmp_path / "data" / "corpus")
@@ -136,7 +141,7 @@ def load_upstream(name: str, p: dict, models_dir: Path) -> upstreams.Upstream:
     """An upstream of the smoke params, SSL sizes read from `models_dir/<size>/model.pt`."""
     for size in p["ssl_sizes"]:
         p["upstreams"][size]["source"] = str(models_dir / size / "model.pt")
-    return upstreams.load(name, p)
+    return upstreams.load(name, parse_params(p))
 
 
 @pytest.fixture(scope="module")
@@ -147,7 +152,7 @@ def pretrained(tmp_path_factory, corpus):
 
 
 def test_extraction_keeps_requested_layers_in_float16(tmp_path, corpus, pretrained):
-    up = load_upstream("small", params(), pretrained)
+    up = load_upstream("small", raw_params(), pretrained)
     layers = resolve_layers([1], up)
     extract_part(up, corpus, "test-clean", tmp_path, layers, 10, 4, torch.device("cpu"))
     store = FeatureStore(tmp_path)
@@ -157,7 +162,7 @@ def test_extraction_keeps_requested_layers_in_float16(tmp_path, corpus, pretrain
 
 
 def test_half_written_shard_is_redone_and_complete_ones_reused(tmp_path, corpus, pretrained):
-    up = load_upstream("fbank", params(), pretrained)
+    up = load_upstream("fbank", raw_params(), pretrained)
     first = extract_part(up, corpus, "labeled", tmp_path, [0], 10, 8, torch.device("cpu"))
     reference = {i: np.array(v) for i, v in FeatureStore(tmp_path).items()}
     shard = tmp_path / "shard-00001.npy"
@@ -169,9 +174,9 @@ def test_half_written_shard_is_redone_and_complete_ones_reused(tmp_path, corpus,
 
 
 def test_features_of_another_checkpoint_are_discarded_not_mixed(tmp_path, corpus, pretrained):
-    extract_part(load_upstream("fbank", params(), pretrained), corpus, "test-clean", tmp_path, [0], 10, 2,
+    extract_part(load_upstream("fbank", raw_params(), pretrained), corpus, "test-clean", tmp_path, [0], 10, 2,
                  torch.device("cpu"))
-    up = load_upstream("small", params(), pretrained)
+    up = load_upstream("small", raw_params(), pretrained)
     summary = extract_part(up, corpus, "test-clean", tmp_path, [0, 1], 10, 2, torch.device("cpu"))
     assert summary["reused_shards"] == 0
     assert FeatureStore(tmp_path).meta["checkpoint_sha256"] == up.fingerprint
@@ -179,20 +184,20 @@ def test_features_of_another_checkpoint_are_discarded_not_mixed(tmp_path, corpus
 
 def test_missing_truncated_or_mismatched_checkpoint_is_named(tmp_path, pretrained):
     with pytest.raises(CheckpointError, match="missing"):
-        load_upstream("large", params(), pretrained)
+        load_upstream("large", raw_params(), pretrained)
     bad = tmp_path / "small"
     bad.mkdir()
     (bad / "model.pt").write_bytes((pretrained / "small" / "model.pt").read_bytes()[:500])
     with pytest.raises(CheckpointError, match=r"small/model.pt: unreadable"):
-        load_upstream("small", params(), tmp_path)
-    p = params()
+        load_upstream("small", raw_params(), tmp_path)
+    p = raw_params()
     p["models"]["small"]["dim"] = 96
     with pytest.raises(CheckpointError, match=r"dim: checkpoint 64 vs params 96"):
         load_upstream("small", p, pretrained)
 
 
 def test_extraction_refuses_non_finite_features_and_writes_no_shard(tmp_path, corpus, pretrained):
-    up = load_upstream("small", params(), pretrained)
+    up = load_upstream("small", raw_params(), pretrained)
     with torch.no_grad():
         up.encoder.layers[0].linear1.weight.fill_(float("nan"))  # what a diverged checkpoint holds
     with pytest.raises(NonFiniteFeaturesError, match=r"upstream 'small'.*non-finite features.*'test-clean'"):

@@ -14,14 +14,16 @@ from labelbudget.io import read_json
 from labelbudget.pretraining import pretrain
 from labelbudget.probe import PretrainingProbe, probe_upstream, select
 from labelbudget.profiles import compose_plain
+from labelbudget.schema import Params, parse_params
 
 REPO = Path(__file__).resolve().parent.parent
 
 
-def smoke_params() -> dict:
+def smoke_params(**pretrain: object) -> Params:
     p = compose_plain(REPO, "smoke")
     p["wandb"]["mode"] = "disabled"
-    return p
+    p["pretrain"].update(pretrain)
+    return parse_params(p)
 
 
 def test_probe_on_fbank_beats_the_majority_class_clearly(synth_corpus, tmp_path):
@@ -50,8 +52,7 @@ def test_the_probe_subset_is_fixed_by_the_seed():
 
 
 def test_probe_monitor_logs_phone_accuracy_without_changing_the_trained_weights(synth_corpus, tmp_path):
-    p = smoke_params()
-    p["pretrain"].update({"max_steps": 6, "checkpoint_every": 3, "warmup_steps": 2, "batch_seconds": 6})
+    p = smoke_params(max_steps=6, checkpoint_every=3, warmup_steps=2, batch_seconds=6)
     plain = pretrain("small", p, tmp_path / "plain", synth_corpus.dir)
     monitor = PretrainingProbe.from_params(p, synth_corpus.dir)
     assert monitor is not None and monitor.every == 3

@@ -7,9 +7,11 @@ from pathlib import Path
 
 import pytest
 import yaml
+from defaults import own_tests, raw
 
 from labelbudget import report as R
 from labelbudget.io import write_json, write_jsonl
+from labelbudget.schema import parse_params
 
 # Seed values of the weighted WER per (upstream, budget in minutes). Test set A: 2 utterances of 5 words,
 # test set B: 1 utterance of 10 words, so word-count weights are 0.5 / 0.5 and weighted WER = errors / 20.
@@ -49,11 +51,11 @@ def write_fixture(root: Path) -> dict:
                                             "weighted": {"wer": 0.999}, "steps": 100 + seed,
                                             "best_dev_cer": 0.5, "stopped_early": True,
                                             "layer_weights": [0.25, 0.75]})
-    params = {"upstreams": UPSTREAMS, "ssl_sizes": ["small", "large"],
-              "subsets": {"budgets_min": [6, 60], "seeds": [0, 1]},
-              "evaluate": {"weights": "words", "bootstrap": 200, "ci": 0.95, "bootstrap_seed": 0},
-              "report": {"smaller": "small", "larger": "large", "baseline": "fbank", "control": "random",
-                         "wer_threshold": 0.5, "f3_margin": 0.25}}
+    params = raw(corpus=own_tests("A", "B"), subsets={"budgets_min": [6, 60], "seeds": [0, 1]},
+                 evaluate={"weights": "words", "bootstrap": 200, "ci": 0.95, "bootstrap_seed": 0},
+                 report={"smaller": "small", "larger": "large", "baseline": "fbank", "control": "random",
+                         "wer_threshold": 0.5, "f3_margin": 0.25, "min_converged": 0.9})
+    assert list(params["upstreams"]) == UPSTREAMS
     (root / "params.yaml").write_text(yaml.safe_dump(params))
     return params
 
@@ -64,7 +66,7 @@ def fixture_params(tmp_path: Path) -> dict:
 
 
 def test_weighted_wer_and_degradation_match_a_hand_calculation(tmp_path, fixture_params):
-    cfg = R.ReportConfig.from_params(fixture_params)
+    cfg = R.ReportConfig.from_params(parse_params(fixture_params))
     result = R.build(tmp_path / "results" / "eval", cfg)
     large = result["table"]["large"]
     assert large["60"]["weighted"]["wer"] == pytest.approx(0.25)  # (0.20 + 0.30) / 2, not the stored 0.999
@@ -83,7 +85,7 @@ def test_weighted_wer_and_degradation_match_a_hand_calculation(tmp_path, fixture
 
 def test_explicit_weights_change_the_weighted_wer_as_by_hand(tmp_path, fixture_params):
     fixture_params["evaluate"]["weights"] = {"A": 3, "B": 1}
-    cfg = R.ReportConfig.from_params(fixture_params)
+    cfg = R.ReportConfig.from_params(parse_params(fixture_params))
     result = R.build(tmp_path / "results" / "eval", cfg)
     # large@60 seed 0: 4 errors -> A 0.2, B 0.2; seed 1: 6 errors -> A (1+1)/10 = 0.2, B 4/10 = 0.4
     # weighted seed 1 = 0.75 * 0.2 + 0.25 * 0.4 = 0.25; mean over seeds (0.2 + 0.25) / 2
@@ -91,7 +93,7 @@ def test_explicit_weights_change_the_weighted_wer_as_by_hand(tmp_path, fixture_p
 
 
 def test_findings_hold_on_a_fixture_built_to_satisfy_them(tmp_path, fixture_params):
-    result = R.build(tmp_path / "results" / "eval", R.ReportConfig.from_params(fixture_params))
+    result = R.build(tmp_path / "results" / "eval", R.ReportConfig.from_params(parse_params(fixture_params)))
     assert result["judged_on"] == "wer"  # every upstream's WER at 60 min is below 0.5
     f = result["findings"]
     assert {k: v["verdict"] for k, v in f.items()} == ALL_HOLD
@@ -116,12 +118,12 @@ def test_two_evaluations_claiming_one_run_are_refused(tmp_path, fixture_params):
     m = json.loads((tmp_path / "results/eval/small-6-0/metrics.json").read_text())
     write_json(tmp_path / "results/eval/small-6-1/metrics.json", m)
     with pytest.raises(R.ReportError, match=r"both claim run \('small', 6.0, 0\)"):
-        R.build(tmp_path / "results" / "eval", R.ReportConfig.from_params(fixture_params))
+        R.build(tmp_path / "results" / "eval", R.ReportConfig.from_params(parse_params(fixture_params)))
 
 
 def test_findings_fail_when_the_larger_model_is_worse(tmp_path, fixture_params):
     swap_upstreams(tmp_path, "large", "small")
-    result = R.build(tmp_path / "results" / "eval", R.ReportConfig.from_params(fixture_params))
+    result = R.build(tmp_path / "results" / "eval", R.ReportConfig.from_params(parse_params(fixture_params)))
     f = {k: v["verdict"] for k, v in result["findings"].items()}
     assert f == {"F0": "holds", "F1": "does not hold", "F2": "does not hold", "F3": "does not hold"}
 
@@ -132,7 +134,7 @@ def test_overlapping_intervals_make_a_finding_inconclusive_not_holding(tmp_path,
     for seed, wer in enumerate((0.20, 0.30)):
         write_jsonl(tmp_path / "results" / "eval" / f"small-60-{seed}" / "hyps.jsonl", utterance_rows(0.25))
         write_jsonl(tmp_path / "results" / "eval" / f"large-60-{seed}" / "hyps.jsonl", utterance_rows(wer))
-    result = R.build(tmp_path / "results" / "eval", R.ReportConfig.from_params(fixture_params))
+    result = R.build(tmp_path / "results" / "eval", R.ReportConfig.from_params(parse_params(fixture_params)))
     assert result["findings"]["F1"]["verdict"] == "inconclusive"
     lo, hi = result["findings"]["F1"]["intervals"]["60"]
     assert lo < 0 < hi
@@ -145,7 +147,7 @@ def mark_run(root: Path, name: str, **info) -> None:
 
 def test_a_degenerate_upstream_makes_its_findings_invalid(tmp_path, fixture_params):
     mark_run(tmp_path, "large-6-1", degenerate=True, stopped_early=False, stop_reason="max_steps")
-    result = R.build(tmp_path / "results" / "eval", R.ReportConfig.from_params(fixture_params))
+    result = R.build(tmp_path / "results" / "eval", R.ReportConfig.from_params(parse_params(fixture_params)))
     f = result["findings"]
     assert {k: v["verdict"] for k, v in f.items()} == {"F0": "invalid", "F1": "invalid", "F2": "invalid",
                                                       "F3": "invalid"}
@@ -155,7 +157,7 @@ def test_a_degenerate_upstream_makes_its_findings_invalid(tmp_path, fixture_para
 
 def test_findings_about_an_unconverged_upstream_are_invalid_and_others_are_not(tmp_path, fixture_params):
     mark_run(tmp_path, "fbank-60-0", stopped_early=False, stop_reason="max_steps")
-    result = R.build(tmp_path / "results" / "eval", R.ReportConfig.from_params(fixture_params))
+    result = R.build(tmp_path / "results" / "eval", R.ReportConfig.from_params(parse_params(fixture_params)))
     f = result["findings"]
     assert f["F3"]["verdict"] == "invalid" and "only 3/4 finetunes converged" in f["F3"]["detail"]
     assert f["F1"]["verdict"] == "holds"
@@ -165,7 +167,8 @@ def test_findings_about_an_unconverged_upstream_are_invalid_and_others_are_not(t
 def test_a_non_finite_pretraining_makes_the_ssl_findings_invalid(tmp_path, fixture_params):
     pretraining = {"small": {"train/loss": 4.1, "train/masked_acc": 0.2},
                    "large": {"train/loss": float("nan"), "train/masked_acc": 0.0}}
-    result = R.build(tmp_path / "results" / "eval", R.ReportConfig.from_params(fixture_params), pretraining)
+    cfg = R.ReportConfig.from_params(parse_params(fixture_params))
+    result = R.build(tmp_path / "results" / "eval", cfg, pretraining)
     f = result["findings"]
     assert f["F1"]["verdict"] == "invalid" and "pretraining ended non-finite" in f["F1"]["detail"]
     assert f["F0"]["verdict"] == "invalid"  # involves every SSL size
@@ -187,7 +190,7 @@ def test_hours_to_match_interpolates_in_log_hours():
 def test_missing_evaluations_are_named(tmp_path, fixture_params):
     fixture_params["subsets"]["seeds"] = [0, 1, 2]
     with pytest.raises(R.ReportError, match="small-6-2"):
-        R.build(tmp_path / "results" / "eval", R.ReportConfig.from_params(fixture_params))
+        R.build(tmp_path / "results" / "eval", R.ReportConfig.from_params(parse_params(fixture_params)))
 
 
 def test_report_stage_writes_metrics_table_markdown_and_figures(tmp_path, fixture_params, monkeypatch):
@@ -197,7 +200,7 @@ def test_report_stage_writes_metrics_table_markdown_and_figures(tmp_path, fixtur
     for size in ("small", "large"):
         write_json(tmp_path / "models" / "pretrain" / size / "metrics.json",
                    {"train/loss": 4.0, "train/masked_acc": 0.2, "steps": 10})
-    R.make_report(fixture_params, Path("results/eval"), Path("models/pretrain"), Path("reports"))
+    R.make_report(parse_params(fixture_params), Path("results/eval"), Path("models/pretrain"), Path("reports"))
     reports = tmp_path / "reports"
     for name in ("sample_efficiency_wer.png", "sample_efficiency_cer.png", "per_test_set_wer.png"):
         assert (reports / "figures" / name).stat().st_size > 10_000
@@ -241,7 +244,7 @@ def test_report_shows_phone_accuracy_per_layer_with_the_best_layer_marked(tmp_pa
     fixture_params["wandb"] = {"project": "labelbudget-test", "group": "test", "mode": "disabled"}
     monkeypatch.setenv("WANDB_MODE", "disabled")
     probe_fixture(tmp_path)
-    R.make_report(fixture_params, Path("results/eval"), Path("models/pretrain"), Path("reports"),
+    R.make_report(parse_params(fixture_params), Path("results/eval"), Path("models/pretrain"), Path("reports"),
                   Path("results/probe"))
     md = (tmp_path / "reports/results.md").read_text()
     assert "| upstream | chance | layer 0 | layer 1 | layer 2 | best layer |" in md
@@ -264,7 +267,7 @@ def test_the_offline_report_run_holds_every_scored_row_and_wandb_line_charts(tmp
     monkeypatch.setenv("WANDB_MODE", "offline")
     fixture_params.update(profile="fixture", wandb={"project": "labelbudget-test", "group": "test",
                                                     "mode": "offline"})
-    R.make_report(fixture_params, Path("results/eval"), Path("models/pretrain"), Path("reports"))
+    R.make_report(parse_params(fixture_params), Path("results/eval"), Path("models/pretrain"), Path("reports"))
     import wandb
 
     wandb.teardown()  # the W&B service writes the run file in the background

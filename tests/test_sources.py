@@ -11,12 +11,12 @@ from pathlib import Path
 
 import pytest
 from corpora import SR, VALIDATE_CFG, build_corpus, build_librispeech, sentence, tone, write_audio
+from defaults import ingest, params
 
 from labelbudget import audio, phones, sources
 from labelbudget.audio import AudioDecodeError
 from labelbudget.errors import CorpusError
 from labelbudget.manifest import FIELDS, Corpus, write_manifest
-from labelbudget.sources import ingest
 from labelbudget.validation import validate_corpus
 
 
@@ -263,7 +263,7 @@ def test_audio_paths_leaving_the_corpus_root_are_refused_before_any_is_opened(tm
     cfg = {"path": str(root), "unlabeled": ["test.csv"], "labeled": ["train.csv"], "tests": {"t": "test.csv"}}
 
     with pytest.raises(CorpusError, match=r"'labeled': 4 audio path\(s\) leave the corpus root .*none was opened"):
-        sources.prepare({"corpus": {"source": "manifest", "ingest": cfg}}, tmp_path / "data" / "corpus")
+        sources.prepare(params(corpus={"source": "manifest", "ingest": cfg}), tmp_path / "data" / "corpus")
     assert str((outside / "a.wav").resolve()) not in opened
     assert not list((tmp_path / "data").iterdir())  # nothing half-written
 
@@ -277,6 +277,6 @@ def test_validation_reports_paths_outside_the_root_without_opening_them(tmp_path
     rows[0]["audio"], rows[1]["audio"] = "escape.flac", os.path.relpath(secret, corpus.root)
     write_manifest(corpus.manifest_path("labeled"), rows)
 
-    report = validate_corpus(corpus, {**VALIDATE_CFG, "workers": 1}, progress=False)
+    report = validate_corpus(corpus, VALIDATE_CFG.model_copy(update={"workers": 1}), progress=False)
     assert {r["id"] for r in report["rules"]["path_inside_root"]["rows"]} == {rows[0]["id"], rows[1]["id"]}
     assert str(secret.resolve()) not in opened

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import torch
+from defaults import plain_pretrain
 
 from labelbudget.encoder import Encoder, EncoderConfig, inference_layer
 from labelbudget.logmel import LogMel, normalize
-from labelbudget.ssl import KMeansQuantizer, RandomProjectionQuantizer, TeacherKMeans, make_ssl_module, span_mask
+from labelbudget.objectives.bestrq import RandomProjectionQuantizer
+from labelbudget.objectives.hubert import KMeansQuantizer, TeacherKMeans
+from labelbudget.ssl import make_ssl_module, span_mask
 
-P = {"lr": 1e-3, "weight_decay": 0.01, "warmup_steps": 1, "max_steps": 10, "mask_prob": 0.15, "mask_span": 4,
-     "codebook_size": 32, "codebook_dim": 8}
-CFG = EncoderConfig(layers=2, dim=32, heads=2, ff_mult=2, conv_channels=32, n_mels=40)
+P = plain_pretrain(lr=1e-3, weight_decay=0.01, warmup_steps=1, max_steps=10, mask_prob=0.15, mask_span=4,
+                   codebook_size=32, codebook_dim=8)
+CFG = EncoderConfig(layers=2, dim=32, heads=2, ff_mult=2, conv_channels=32, n_mels=40, dropout=0.1,
+                    pos_kernel=15)
 
 
 def test_normalize_uses_time_axis_and_excludes_padding():
@@ -57,7 +61,7 @@ def test_a_never_trained_teacher_gives_its_layers_kmeans_ids_and_stays_frozen_th
     assert torch.equal(q.from_features(feats, flens), expected)
     assert 1 < expected.unique().numel()
 
-    module = make_ssl_module(CFG, {**P, "objective": "hubert"}, seed=0, quantizer=q)
+    module = make_ssl_module(CFG, P.model_copy(update={"objective": "hubert"}), seed=0, quantizer=q)
     before = {k: v.clone() for k, v in q.state_dict().items()}
     loss, stats = module.ssl_loss(wav, torch.full((4,), 16000), step=0)
     assert torch.isfinite(loss) and float(stats["train/target_usage"]) > 0
@@ -141,7 +145,7 @@ def test_the_reconstruction_term_adds_the_masked_frames_l1_to_the_loss_and_nothi
     wav, lengths = torch.randn(2, 16000), torch.tensor([16000, 12000])
     plain = make_ssl_module(CFG, P, seed=0)
     assert plain.recon is None and not any("recon" in n for n, _ in plain.named_parameters())
-    with_recon = make_ssl_module(CFG, {**P, "reconstruction_weight": 2.0}, seed=0)
+    with_recon = make_ssl_module(CFG, P.model_copy(update={"reconstruction_weight": 2.0}), seed=0)
     with_recon.load_state_dict(plain.state_dict(), strict=False)  # same encoder, same discrete head
     base, _ = plain.ssl_loss(wav, lengths, step=0)
     total, stats = with_recon.ssl_loss(wav, lengths, step=0)

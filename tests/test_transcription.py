@@ -7,19 +7,19 @@ from pathlib import Path
 
 import pytest
 from corpora import build_corpus
+from defaults import params, section
 
 from labelbudget import transcription as T
-from labelbudget.downstream import DownstreamConfig, DownstreamModel, save_checkpoint
+from labelbudget.downstream import DownstreamModel, save_checkpoint
 from labelbudget.io import write_jsonl
 
-PARAMS = {"features": {"n_mels": 80}, "upstreams": {"fbank": {"kind": "fbank"}},
-          "evaluate": {"decoder": "greedy"}}
+PARAMS = params()  # the fbank upstream of 80 log-mel bands
 
 
 @pytest.fixture
 def finetune(tmp_path) -> Path:
     """An (untrained) fbank finetune, saved as the finetune stage saves one."""
-    model = DownstreamModel(DownstreamConfig(layer=0, dim=16, hidden=16), num_layers=1, dim=80, input_rate=100.0)
+    model = DownstreamModel(section("finetune", layer=0, dim=16, hidden=16), num_layers=1, dim=80, input_rate=100.0)
     meta = {"upstream": "fbank", "features_layers": [0], "layer_index": 0,
             "features_meta": {"upstream": "fbank", "checkpoint_sha256": "log-mel n_mels=80", "frame_rate": 100.0}}
     save_checkpoint(tmp_path / "ft" / "model.pt", model, meta)
@@ -45,7 +45,7 @@ def test_files_and_a_manifest_are_transcribed_and_scored_against_references(tmp_
 def test_a_changed_upstream_or_missing_audio_is_refused_by_name(tmp_path, finetune):
     corpus = build_corpus(tmp_path, n_unlabeled=0, n_labeled=0, n_test=1)
     files = T.read_inputs([corpus.audio_path(corpus.read("test-clean")[0])], None, None)
-    changed = {**PARAMS, "features": {"n_mels": 40}}
+    changed = params(features={"n_mels": 40})
     with pytest.raises(T.TranscriptionError, match="upstream 'fbank' is not the one"):
         T.transcribe_files(finetune, files, changed)
     with pytest.raises(T.TranscriptionError, match=r"1 audio file\(s\) not found, e.g. .*nowhere.flac"):

@@ -4,17 +4,22 @@ from __future__ import annotations
 
 import pytest
 import torch
+from defaults import raw
 
 from labelbudget import upstreams
+from labelbudget.errors import ParamsError
 from labelbudget.extraction import featurize, resolve_layers
+from labelbudget.schema import Params, parse_params
 
 N_MELS = 40
 
 
-def params(**entries) -> dict:
-    return {"seed": 0, "features": {"n_mels": N_MELS},
-            "models": {"tiny": {"layers": 2, "dim": 32, "heads": 2, "ff_mult": 2, "conv_channels": 32}},
-            "upstreams": entries}
+def params(**entries) -> Params:
+    """The smoke params with only these upstreams (a `source` added where an entry has none)."""
+    entries = {n: {"source": "-", **e} if isinstance(e, dict) else e for n, e in entries.items()}
+    tiny = {"layers": 2, "dim": 32, "heads": 2, "ff_mult": 2, "conv_channels": 32, "dropout": 0.1, "pos_kernel": 15}
+    return parse_params(raw(replace={"upstreams": entries, "ssl_sizes": []}, seed=0, features={"n_mels": N_MELS},
+                            models={"tiny": tiny}, report=dict.fromkeys(("smaller", "larger", "baseline", "control"))))
 
 
 def waves() -> tuple[torch.Tensor, torch.Tensor]:
@@ -29,17 +34,17 @@ def test_every_kind_of_this_package_is_listed():
 
 
 def test_unknown_kind_and_unknown_name_are_named_with_what_exists():
-    with pytest.raises(upstreams.UpstreamError, match=r"unknown kind 'wav2vec9'; available: fbank, hf, random"):
-        upstreams.load("x", params(x={"kind": "wav2vec9"}))
+    with pytest.raises(ParamsError, match=r"upstreams.x: kind 'wav2vec9' is not a module .*\(fbank, hf, random"):
+        params(x={"kind": "wav2vec9"})
     with pytest.raises(upstreams.UpstreamError, match=r"unknown upstream 'nope'.*has x"):
         upstreams.load("nope", params(x={"kind": "fbank"}))
-    with pytest.raises(upstreams.UpstreamError, match=r"upstreams.x must be a mapping with a `kind`"):
-        upstreams.load("x", params(x="fbank"))
+    with pytest.raises(ParamsError, match=r"upstreams.x = 'fbank': input should be a valid dictionary"):
+        params(x="fbank")
 
 
 @pytest.mark.parametrize("kind,layers,rate", [("fbank", 0, 100.0), ("random", 2, 25.0)])
 def test_hidden_states_have_the_declared_count_width_and_frame_rate(kind, layers, rate):
-    up = upstreams.load("u", params(u={"kind": kind, "size": "tiny"}))
+    up = upstreams.load("u", params(u={"kind": kind, **({"size": "tiny"} if kind == "random" else {})}))
     assert (up.num_layers, up.frame_rate) == (layers, rate)
     wav, lengths = waves()
     hidden, frames = up.hidden_states(wav, lengths)
@@ -56,8 +61,8 @@ def test_random_upstream_is_reproducible_from_the_seed():
 
 
 def test_random_upstream_needs_a_known_size():
-    with pytest.raises(upstreams.UpstreamError, match=r"upstreams.u.size: 'huge' is not a size"):
-        upstreams.load("u", params(u={"kind": "random", "size": "huge"}))
+    with pytest.raises(ParamsError, match=r"upstreams.u.size 'huge' is not a key of `models`"):
+        params(u={"kind": "random", "size": "huge"})
 
 
 def test_hf_kind_loads_a_local_wav2vec2_folder_and_its_layers_are_extracted(tmp_path):
@@ -87,10 +92,12 @@ def test_sources_a_stage_writes_are_not_missing_and_others_are(tmp_path):
     from labelbudget.upstreams.base import missing_sources
 
     (tmp_path / "ckpt").mkdir()
-    params = {"ssl_sizes": ["small"], "toplines": {"topline": {}},
-              "upstreams": {"small": {"kind": "ssl", "source": "models/pretrain/small/model.pt"},
-                            "topline": {"kind": "ssl", "source": "models/pretrain/topline/model.pt"},
-                            "large": {"kind": "ssl", "source": "models/pretrain/large/model.pt"},
-                            "mine": {"kind": "hf", "source": "ckpt"}, "gone": {"kind": "hf", "source": "nope"}}}
-    assert missing_sources(tmp_path, params) == ["upstreams.large.source 'models/pretrain/large/model.pt'",
-                                                 "upstreams.gone.source 'nope'"]
+    ups = {"small": {"kind": "ssl", "source": "models/pretrain/small/model.pt"},
+           "topline": {"kind": "ssl", "source": "models/pretrain/topline/model.pt"},
+           "other": {"kind": "ssl", "size": "small", "source": "models/elsewhere/model.pt"},
+           "mine": {"kind": "hf", "source": "ckpt"}, "gone": {"kind": "hf", "source": "nope"}}
+    p = parse_params(raw(replace={"upstreams": ups, "ssl_sizes": ["small"],
+                                  "toplines": {"topline": {"size": "small", "objective": "phones"}}},
+                         report={"larger": None, "baseline": None, "control": None}))
+    assert missing_sources(tmp_path, p) == ["upstreams.other.source 'models/elsewhere/model.pt'",
+                                            "upstreams.gone.source 'nope'"]

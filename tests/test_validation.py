@@ -15,11 +15,11 @@ import numpy as np
 import pytest
 import yaml
 from corpora import SR, VALIDATE_CFG, build_corpus, build_librispeech, tone, write_audio
+from defaults import ingest
 
 from labelbudget.errors import EXIT_KNOWN
 from labelbudget.io import write_jsonl
 from labelbudget.manifest import Corpus
-from labelbudget.sources import ingest
 from labelbudget.validation import summary_markdown, validate_corpus, write_report
 
 REPO = Path(__file__).resolve().parent.parent
@@ -192,7 +192,7 @@ def labeled_copied_into_unlabeled(c: Corpus) -> None:
 def test_labeled_audio_inside_the_unlabeled_pool_passes_when_allowed(tmp_path: Path, mode: str) -> None:
     corpus = build_corpus(tmp_path)
     labeled_copied_into_unlabeled(corpus)
-    report = validate_corpus(corpus, {**VALIDATE_CFG, "labeled_in_unlabeled": mode}, progress=False)
+    report = validate_corpus(corpus, VALIDATE_CFG.model_copy(update={"labeled_in_unlabeled": mode}), progress=False)
     assert report["passed"], summary_markdown(report)
 
 
@@ -201,13 +201,13 @@ def test_one_test_leak_is_listed_beside_a_flood_of_labeled_in_unlabeled_rows(tmp
     labeled_copied_into_unlabeled(corpus)
     shutil.copyfile(audio_of(corpus, "test-clean", "t-000"), audio_of(corpus, "labeled", "l-001"))
 
-    allowed = validate_corpus(corpus, {**VALIDATE_CFG, "labeled_in_unlabeled": "allow"}, progress=False)
+    allowed = validate_corpus(corpus, VALIDATE_CFG.model_copy(update={"labeled_in_unlabeled": "allow"}), progress=False)
     assert allowed["failed_rules"] == ["no_duplicate_audio_across_parts"]  # audio shared with a test set fails
     assert {(r["part"], r["id"]) for r in allowed["rules"]["no_duplicate_audio_across_parts"]["rows"]} == {
         ("labeled", "l-001"), ("unlabeled", "l-001"), ("test-clean", "t-000")}
 
-    forbidden = validate_corpus(corpus, {**VALIDATE_CFG, "labeled_in_unlabeled": "forbid", "report_rows": 1},
-                                progress=False)
+    cfg = VALIDATE_CFG.model_copy(update={"labeled_in_unlabeled": "forbid", "report_rows": 1})
+    forbidden = validate_corpus(corpus, cfg, progress=False)
     assert forbidden["failed_rules"] == ["unique_id", "no_duplicate_audio_across_parts"]
     summary = summary_markdown(forbidden, max_rows=1)
     section = summary.split("## no_duplicate_audio_across_parts")[1]
@@ -280,7 +280,7 @@ def run_stage(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> int:
     """Run stages/validate.py as `dvc repro` would (as __main__, in the workspace); return its exit code.
     In-process, so that the test does not pay for importing Great Expectations again."""
     params = yaml.safe_load((REPO / "params.yaml").read_text())
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump({**params, "validate": VALIDATE_CFG}))
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({**params, "validate": VALIDATE_CFG.model_dump()}))
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(sys, "argv", ["stages/validate.py"])
     with pytest.raises(SystemExit) as done:

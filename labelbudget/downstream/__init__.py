@@ -20,7 +20,7 @@ checkpoints), training (the loop and its stopping rule), checks (inputs checked 
 """
 
 from labelbudget.downstream.checks import LABELED_PART, check_compatible, check_ids, layer_index, open_part
-from labelbudget.downstream.config import DownstreamConfig, DownstreamInputError
+from labelbudget.downstream.config import DownstreamInputError
 from labelbudget.downstream.data import (
     BlockBatches,
     BucketBatchSampler,
@@ -42,7 +42,7 @@ from labelbudget.downstream.model import (
 from labelbudget.downstream.training import BlankAwareStopping, TrainResult, train, training_device
 
 __all__ = [
-    "BiLSTM", "BlankAwareStopping", "BlockBatches", "BucketBatchSampler", "ConvBlock", "DownstreamConfig",
+    "BiLSTM", "BlankAwareStopping", "BlockBatches", "BucketBatchSampler", "ConvBlock",
     "DownstreamInputError", "DownstreamModel", "FeatureDataset", "LABELED_PART", "TrainResult",
     "check_compatible", "check_ids", "collate", "ctc_loss", "feature_stats", "layer_index", "load_checkpoint",
     "open_part", "reverse_padded", "save_checkpoint", "sorted_batches", "train", "training_device",

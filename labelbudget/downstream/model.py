@@ -5,7 +5,6 @@ registered decoding; checkpoints."""
 from __future__ import annotations
 
 import json
-from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -13,10 +12,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from labelbudget.decoding import Decoder, GreedyDecoder
-from labelbudget.downstream.config import DownstreamConfig
+from labelbudget.decoders.greedy import GreedyDecoder
+from labelbudget.decoding import Decoder
 from labelbudget.downstream.data import FeatureDataset, collate, sorted_batches
 from labelbudget.io import atomic_path
+from labelbudget.schema import Finetune
 from labelbudget.text import VOCAB
 
 
@@ -60,7 +60,7 @@ class BiLSTM(nn.Module):
 
 
 class DownstreamModel(nn.Module):
-    def __init__(self, cfg: DownstreamConfig, num_layers: int, dim: int, input_rate: float,
+    def __init__(self, cfg: Finetune, num_layers: int, dim: int, input_rate: float,
                  vocab_size: int = len(VOCAB)):
         super().__init__()
         self.cfg = cfg
@@ -160,7 +160,7 @@ def transcribe(model: DownstreamModel, dataset: FeatureDataset, decoder: Decoder
 
 def save_checkpoint(path: str | Path, model: DownstreamModel, meta: dict) -> None:
     meta = json.loads(json.dumps(meta))  # plain JSON data, whatever mapping types it came in: weights_only loads it
-    payload = {"config": asdict(model.cfg), "num_layers": model.num_layers, "dim": model.dim,
+    payload = {"config": model.cfg.model_dump(), "num_layers": model.num_layers, "dim": model.dim,
                "input_rate": model.input_rate, "state_dict": model.state_dict(), "meta": meta}
     with atomic_path(path) as tmp:
         torch.save(payload, tmp)
@@ -171,7 +171,7 @@ def load_checkpoint(path: str | Path) -> tuple[DownstreamModel, dict]:
     if not path.exists():
         raise FileNotFoundError(f"{path}: no downstream checkpoint; run the `finetune` stage")
     payload = torch.load(path, map_location="cpu", weights_only=True)
-    cfg = DownstreamConfig.from_params(payload["config"])
+    cfg = Finetune.model_validate(payload["config"])
     model = DownstreamModel(cfg, payload["num_layers"], payload["dim"], payload["input_rate"])
     model.load_state_dict(payload["state_dict"])
     model.eval()

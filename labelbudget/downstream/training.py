@@ -7,13 +7,17 @@ import copy
 import math
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
-from labelbudget.downstream.config import DownstreamConfig, DownstreamInputError
+from labelbudget.downstream.config import DownstreamInputError
 from labelbudget.downstream.data import BlockBatches, BucketBatchSampler, FeatureDataset, collate, feature_stats
 from labelbudget.downstream.model import DownstreamModel, ctc_loss, transcribe
 from labelbudget.precision import use_bf16
+
+if TYPE_CHECKING:
+    from labelbudget.schema import Finetune
 
 
 def training_device(accelerator: str) -> torch.device:
@@ -71,7 +75,7 @@ class TrainResult:
         return "patience" if self.stopped_early else "max_steps"
 
 
-def train(cfg: DownstreamConfig, train_set: FeatureDataset, dev_set: FeatureDataset,
+def train(cfg: Finetune, train_set: FeatureDataset, dev_set: FeatureDataset,
           dev_texts: dict[str, str], seed: int, logger=None,
           verbose: bool = True) -> TrainResult:
     """Train one downstream model; returns it with its best dev-CER weights loaded."""

@@ -7,7 +7,7 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -15,6 +15,9 @@ from labelbudget import metrics as M
 from labelbudget.errors import LabelbudgetError
 from labelbudget.io import read_json, read_jsonl
 from labelbudget.runs import budget_name
+
+if TYPE_CHECKING:
+    from labelbudget.schema import Params
 
 METRICS = ("wer", "cer")
 
@@ -28,34 +31,34 @@ class ReportError(LabelbudgetError, ValueError):
 
 @dataclass
 class ReportConfig:
+    """What the report reads of params (`report`, `evaluate`, the grid of `subsets`), in one place."""
+
     upstreams: list[str]
     ssl_sizes: list[str]
     budgets_min: list[float]  # as spelled in params (2, 2.5, 6000000): they name stages and files
     seeds: list[int]
-    smaller: str | None = "small"
-    larger: str | None = "large"
-    baseline: str | None = "fbank"
-    control: str | None = "random"
-    wer_threshold: float = 0.5
-    f3_margin: float = 0.25
-    min_converged: float = 0.9  # share of an upstream's finetunes that must stop by patience
-    weights: Any = M.WORD_COUNT_WEIGHTS
-    bootstrap: int = 1000
-    ci: float = 0.95
-    seed: int = 0
-    toplines: list[str] = field(default_factory=list)  # calibration upstreams: never in F0-F3
+    smaller: str | None
+    larger: str | None
+    baseline: str | None
+    control: str | None
+    wer_threshold: float
+    f3_margin: float
+    min_converged: float  # share of an upstream's finetunes that must stop by patience
+    weights: Any
+    bootstrap: int
+    ci: float
+    seed: int
+    toplines: list[str]  # calibration upstreams: never in F0-F3
 
     @classmethod
-    def from_params(cls, params: dict) -> ReportConfig:
-        r = dict(params.get("report", {}))
-        e = params.get("evaluate", {})
-        cfg = cls(upstreams=list(params["upstreams"]), ssl_sizes=list(params["ssl_sizes"]),
-                  budgets_min=sorted(params["subsets"]["budgets_min"], key=float),
-                  seeds=list(params["subsets"]["seeds"]), weights=e.get("weights", M.WORD_COUNT_WEIGHTS),
-                  bootstrap=int(e.get("bootstrap", 1000)), ci=float(e.get("ci", 0.95)),
-                  seed=int(e.get("bootstrap_seed", 0)),
-                  toplines=[t for t in (params.get("toplines") or {}) if t in params["upstreams"]], **r)
-        return cfg  # roles name upstreams or are None (labelbudget.schema checks it)
+    def from_params(cls, params: Params) -> ReportConfig:
+        r, e = params.report, params.evaluate
+        return cls(upstreams=list(params.upstreams), ssl_sizes=list(params.ssl_sizes),
+                   budgets_min=sorted(params.subsets.budgets_min, key=float), seeds=list(params.subsets.seeds),
+                   smaller=r.smaller, larger=r.larger, baseline=r.baseline, control=r.control,
+                   wer_threshold=r.wer_threshold, f3_margin=r.f3_margin, min_converged=r.min_converged,
+                   weights=e.weights, bootstrap=e.bootstrap, ci=e.ci, seed=e.bootstrap_seed,
+                   toplines=[t for t in params.toplines if t in params.upstreams])
 
 
 @dataclass

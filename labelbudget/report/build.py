@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from labelbudget import metrics as M
 from labelbudget.io import read_json
@@ -21,6 +22,9 @@ from labelbudget.report.findings import findings, upstream_health
 from labelbudget.report.plots import plot_pretraining
 from labelbudget.report.render import write_report
 from labelbudget.runs import budget_name
+
+if TYPE_CHECKING:
+    from labelbudget.schema import Params
 
 
 def build(eval_dir: str | Path, cfg: ReportConfig, pretraining: Mapping[str, dict] | None = None,
@@ -59,15 +63,15 @@ def build(eval_dir: str | Path, cfg: ReportConfig, pretraining: Mapping[str, dic
             "weights_source": M.weights_description(cfg.weights)}
 
 
-def make_report(params: dict, eval_dir: Path, pretrain_dir: Path, out: Path, probe_dir: Path | None = None
+def make_report(params: Params, eval_dir: Path, pretrain_dir: Path, out: Path, probe_dir: Path | None = None
                 ) -> dict:
     """Aggregate every evaluation under `eval_dir` into the report under `out` (see the stage's docstring),
     with the pretraining diagnostics of `pretrain_dir/<size>/` and the phone probes of `probe_dir/<upstream>/`;
-    log it to a W&B run when params has `wandb`."""
+    log it to a W&B run (params `wandb`)."""
     cfg = ReportConfig.from_params(params)
     # Pretraining diagnostics (loss, masked accuracy, target usage) sit beside the findings they explain, and
     # a size whose pretraining is missing or non-finite makes every finding about it invalid.
-    pretraining = {s: read_json(pretrain_dir / s / "metrics.json") for s in [*params.get("ssl_sizes", []),
+    pretraining = {s: read_json(pretrain_dir / s / "metrics.json") for s in [*params.ssl_sizes,
                                                                              *cfg.toplines]
                    if (pretrain_dir / s / "metrics.json").exists()}
     probe = {u: read_json(probe_dir / u / "metrics.json") for u in cfg.upstreams
@@ -85,8 +89,7 @@ def make_report(params: dict, eval_dir: Path, pretrain_dir: Path, out: Path, pro
         print(f"calibration: {c['verdict']} - {c['detail']}")
     print(f"judged on weighted {result['judged_on'].upper()}; report in {paths['results']}")
 
-    if "wandb" in params:
-        from labelbudget.report.wandb_run import log_report
+    from labelbudget.report.wandb_run import log_report
 
-        log_report(params, cfg, result, paths)
+    log_report(params, cfg, result, paths)
     return result

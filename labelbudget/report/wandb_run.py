@@ -6,17 +6,20 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from labelbudget.report.aggregate import METRICS, ReportConfig
 from labelbudget.runs import budget_name
+
+if TYPE_CHECKING:
+    from labelbudget.schema import Params
 
 ROW_COLUMNS = ["upstream", "kind", "size", "objective", "budget_minutes", "budget_hours", "seed", "test_set",
                "wer", "cer"]
 X_NAME = "log10 labeled hours"
 
 
-def result_rows(result: dict, params: dict) -> list[list[Any]]:
+def result_rows(result: dict, params: Params) -> list[list[Any]]:
     """One row per (upstream, budget, seed, test set), plus the weighted score as test set `weighted`."""
     from labelbudget.tracking import group_keys
 
@@ -50,15 +53,15 @@ def chart_series(result: dict, cfg: ReportConfig, metric: str, test_set: str | N
     return xs, ys, keys
 
 
-def log_report(params: dict, cfg: ReportConfig, result: dict, paths: dict[str, Path]) -> None:
+def log_report(params: Params, cfg: ReportConfig, result: dict, paths: dict[str, Path]) -> None:
     import pandas as pd
     import wandb
 
     from labelbudget import tracking
 
-    run = tracking.init_run(params["wandb"], job_type="report", name="report",
+    run = tracking.init_run(params.wandb, job_type="report", name="report",
                             config={"upstreams": cfg.upstreams, "budgets_min": cfg.budgets_min, "seeds": cfg.seeds,
-                                    "judged_on": result["judged_on"], "profile": params.get("profile"),
+                                    "judged_on": result["judged_on"], "profile": params.profile,
                                     "commit": tracking.commit()})
     try:
         tables = {k: pd.read_csv(paths[f]) for k, f in (("sample_efficiency", "curve_csv"),

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import importlib
-import pkgutil
 from abc import ABC, abstractmethod
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import torch
 
 from labelbudget.errors import LabelbudgetError
+
+if TYPE_CHECKING:
+    from labelbudget.schema import Params
+    from labelbudget.schema import Upstream as UpstreamSpec
 
 
 class UpstreamError(LabelbudgetError, ValueError):
@@ -47,26 +50,22 @@ class Upstream(ABC):
 
 
 def available_kinds() -> list[str]:
-    import labelbudget.upstreams as package
+    from labelbudget.schema import upstream_kinds
 
-    return sorted(m.name for m in pkgutil.iter_modules(package.__path__) if m.name != "base")
-
-
-def spec_of(name: str, params: dict[str, Any]) -> dict[str, Any]:
-    upstreams = params.get("upstreams") or {}
-    if name not in upstreams:
-        raise UpstreamError(f"unknown upstream {name!r}: params `upstreams` has {', '.join(upstreams) or 'none'}")
-    spec = upstreams[name]
-    if not isinstance(spec, dict) or "kind" not in spec:
-        raise UpstreamError(f"params upstreams.{name} must be a mapping with a `kind` "
-                            f"({', '.join(available_kinds())}), not {spec!r}")
-    return spec
+    return upstream_kinds()
 
 
-def load(name: str, params: dict[str, Any]) -> Upstream:
+def spec_of(name: str, params: Params) -> UpstreamSpec:
+    if name not in params.upstreams:
+        have = ", ".join(params.upstreams) or "none"
+        raise UpstreamError(f"unknown upstream {name!r}: params `upstreams` has {have}")
+    return params.upstreams[name]
+
+
+def load(name: str, params: Params) -> Upstream:
     """The upstream that params `upstreams.<name>` describes, in eval mode on the CPU."""
     spec = spec_of(name, params)
-    kind = spec["kind"]
+    kind = spec.kind
     if kind not in available_kinds():
         raise UpstreamError(f"params upstreams.{name}.kind: unknown kind {kind!r}; "
                             f"available: {', '.join(available_kinds())}")
@@ -74,19 +73,19 @@ def load(name: str, params: dict[str, Any]) -> Upstream:
     return module.build(name, spec, params)
 
 
-def missing_sources(root: Path, params: dict) -> list[str]:
+def missing_sources(root: Path, params: Params) -> list[str]:
     """Upstream `source` files that neither exist under `root` nor come from a stage (the pretrain and topline
     stages write models/pretrain/<name>/): each would stop its extract stage after the run started."""
-    produced = [f"models/pretrain/{n}/" for n in [*params.get("ssl_sizes", []), *(params.get("toplines") or {})]]
+    produced = [f"models/pretrain/{n}/" for n in [*params.ssl_sizes, *params.toplines]]
     out = []
-    for name, spec in params.get("upstreams", {}).items():
-        source = str(spec.get("source") or "")
+    for name, spec in params.upstreams.items():
+        source = spec.source
         if source and not (root / source).exists() and not any(source.startswith(p) for p in produced):
             out.append(f"upstreams.{name}.source {source!r}")
     return out
 
 
-def check_sources(root: Path, params: dict) -> None:
+def check_sources(root: Path, params: Params) -> None:
     missing = missing_sources(root, params)
     if missing:
         raise UpstreamError(f"{', '.join(missing)}: not found under {root} and no stage writes it; point it at "

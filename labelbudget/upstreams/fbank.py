@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
 import torch
 
 from labelbudget.logmel import HOP, SAMPLE_RATE, LogMel, normalize
 from labelbudget.upstreams.base import Upstream
+
+if TYPE_CHECKING:
+    from labelbudget.schema import Params
+    from labelbudget.schema import Upstream as UpstreamSpec
 
 
 class Fbank(Upstream):
@@ -25,5 +29,5 @@ class Fbank(Upstream):
         return [normalize(feats, flens)], flens
 
 
-def build(name: str, spec: dict[str, Any], params: dict[str, Any]) -> Fbank:
-    return Fbank(name, int(params["features"]["n_mels"]))
+def build(name: str, spec: UpstreamSpec, params: Params) -> Fbank:
+    return Fbank(name, params.features.n_mels)

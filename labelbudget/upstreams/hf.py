@@ -14,12 +14,17 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import torch
 
 from labelbudget.logmel import SAMPLE_RATE
+from labelbudget.schema import Section
 from labelbudget.upstreams.base import Upstream, UpstreamError
+
+if TYPE_CHECKING:
+    from labelbudget.schema import Params
+    from labelbudget.schema import Upstream as UpstreamSpec
 
 
 class HuggingFaceUpstream(Upstream):
@@ -63,24 +68,33 @@ def fingerprint_of(model: str, revision: str | None) -> str:
     return digest.hexdigest()
 
 
-def build(name: str, spec: dict[str, Any], params: dict[str, Any]) -> HuggingFaceUpstream:
+class Options(Section):
+    """What kind `hf` takes beside `kind` and `source` (None: not given)."""
+
+    model: str | None = None
+    normalize: bool | None = None
+    revision: str | None = None
+
+
+def build(name: str, spec: UpstreamSpec, params: Params) -> HuggingFaceUpstream:
     try:
         from transformers import AutoModel
     except ImportError:
         raise UpstreamError(f"upstream {name!r} is of kind hf, which needs transformers: "
                             "pip install -e '.[hf]'") from None
-    model = spec.get("model") or spec.get("source")
+    opts = Options.model_validate(spec.model_extra or {})
+    model = opts.model or spec.source
     if not model:
         raise UpstreamError(f"params upstreams.{name}: kind hf needs `model` (a folder or a hub id)")
-    normalize = spec.get("normalize")
+    normalize = opts.normalize
     if normalize is None:
         pre = Path(model) / "preprocessor_config.json"
         normalize = json.loads(pre.read_text()).get("do_normalize", True) if pre.exists() else True
     try:
-        net = AutoModel.from_pretrained(model, revision=spec.get("revision"))
+        net = AutoModel.from_pretrained(model, revision=opts.revision)
     except (OSError, ValueError) as e:
         raise UpstreamError(f"params upstreams.{name}: cannot load {model!r} with transformers: {e}") from None
     if not hasattr(net, "_get_feat_extract_output_lengths"):
         raise UpstreamError(f"params upstreams.{name}: {type(net).__name__} is not a speech encoder of the "
                             "wav2vec 2.0 family (wav2vec2, HuBERT, WavLM, data2vec-audio)")
-    return HuggingFaceUpstream(name, net, fingerprint_of(model, spec.get("revision")), bool(normalize))
+    return HuggingFaceUpstream(name, net, fingerprint_of(model, opts.revision), bool(normalize))

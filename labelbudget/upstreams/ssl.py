@@ -7,7 +7,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -16,6 +16,10 @@ from labelbudget.featstore import sha256_file
 from labelbudget.logmel import HOP, SAMPLE_RATE, LogMel, normalize
 from labelbudget.pretraining import FORMAT
 from labelbudget.upstreams.base import Upstream, UpstreamError
+
+if TYPE_CHECKING:
+    from labelbudget.schema import Params
+    from labelbudget.schema import Upstream as UpstreamSpec
 
 
 class CheckpointError(UpstreamError):
@@ -69,10 +73,10 @@ def load_checkpoint(path: Path, expected: EncoderConfig | None = None) -> Encode
     return encoder.eval()
 
 
-def build(name: str, spec: dict[str, Any], params: dict[str, Any]) -> EncoderUpstream:
-    path = Path(spec.get("source") or f"models/pretrain/{name}/model.pt")
-    topline = (params.get("toplines") or {}).get(name) or {}
-    size = spec.get("size") or topline.get("size") or name
-    models = params.get("models", {})
-    expected = EncoderConfig.from_params(models[size], params["features"]["n_mels"]) if size in models else None
+def build(name: str, spec: UpstreamSpec, params: Params) -> EncoderUpstream:
+    path = Path(spec.source)
+    topline = params.toplines.get(name)
+    size = spec.size or (topline.size if topline else name)
+    models = params.models
+    expected = EncoderConfig.from_params(models[size], params.features.n_mels) if size in models else None
     return EncoderUpstream(name, load_checkpoint(path, expected), sha256_file(path))

@@ -1,0 +1,1 @@
+"""CTC decoders, one module each with `build(**options) -> Decoder` (labelbudget.decoding)."""
