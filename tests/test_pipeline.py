@@ -200,19 +200,25 @@ def test_a_params_change_re_runs_what_it_affects_and_nothing_else(smoke_project)
     assert stale_after(smoke_project, "finetune.lr=0.002") == finetunes  # then their evaluations and the report
 
 
-# Stages killed with SIGKILL part-way, in this order (each after its upstream finished), with a delay drawn
-# from a seeded generator: the rerun must end with the same outputs as the uninterrupted run.
-KILLED = ["corpus", "pretrain@small", "extract@small", "finetune@small-1-0", "evaluate@small-1-0"]
+# Stages killed with SIGKILL part-way, in this order (each after its upstream finished), at a fault point of
+# their own: the first file that shows the stage is half done (a synthesized clip in the corpus's temporary
+# folder, a periodic checkpoint, a complete feature shard, the finetune's W&B run). The rerun must end with the
+# same outputs as the uninterrupted run.
+KILLED = {"corpus": "data/.corpus.*.tmp/**/*.flac", "pretrain@small": "models/pretrain/small/checkpoints/*.ckpt",
+          "extract@small": "data/features/small/*/shard-*.npy", "finetune@small-1-0": "wandb/offline-run-*"}
 
 
-def kill_partway(project: Path, stage: str, delay: float) -> bool:
-    """Start `dvc repro -s stage`, SIGKILL its whole process group after `delay` s; True if it was running."""
+def kill_at(project: Path, stage: str, point: str) -> bool:
+    """Start `dvc repro -s stage`, SIGKILL its whole process group once a new file matches the glob `point`;
+    True if the stage was still running then."""
     import signal
     import time
 
+    before = set(project.glob(point))
     proc = subprocess.Popen(["dvc", "repro", "-s", stage], cwd=project, env=ENV, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)
-    time.sleep(delay)
+    while proc.poll() is None and not set(project.glob(point)) - before:
+        time.sleep(0.02)
     running = proc.poll() is None
     if running:
         os.killpg(proc.pid, signal.SIGKILL)
@@ -228,9 +234,7 @@ def lock_md5(project: Path) -> dict[str, str]:
 
 
 @pytest.mark.slow
-def test_kill_9_at_random_points_then_rerun_gives_the_uninterrupted_outputs(smoke_project, tmp_path):
-    import random
-
+def test_kill_9_part_way_through_each_stage_then_rerun_gives_the_uninterrupted_outputs(smoke_project, tmp_path):
     import torch
 
     from labelbudget.orchestrate import lockfile
@@ -239,18 +243,17 @@ def test_kill_9_at_random_points_then_rerun_gives_the_uninterrupted_outputs(smok
     project = copy_project(tmp_path / "project")
     run(["labelbudget", "profile", "smoke"], project)
     dag = load_dag(project)
-    rng = random.Random(0)
     interrupted = []
-    for stage in KILLED:
+    for stage, point in KILLED.items():
         for up in dag.stages[stage].upstream:
             run(["dvc", "repro", up], project)
         lockfile.snapshot(project)
-        if kill_partway(project, stage, delay=rng.uniform(0.5, 4.0)):
+        if kill_at(project, stage, point):
             interrupted.append(stage)
         lockfile.repair(project)  # as `labelbudget run` does first: the kill may have hit DVC's dvc.lock write
         run(["dvc", "repro", "-s", stage], project)  # the rerun, over whatever the kill left
     run(["dvc", "repro"], project)
-    assert len(interrupted) >= 3, f"only {interrupted} were still running when killed"
+    assert interrupted == list(KILLED), f"only {interrupted} were still running at their fault point"
 
     want, got = lock_md5(smoke_project), lock_md5(project)
     for path in ("data/corpus", "data/subsets"):

@@ -24,8 +24,8 @@ from pathlib import Path
 kind, args = sys.argv[1], sys.argv[2:]
 label = "-".join([kind, *args]) if kind in ("finetune", "evaluate") else kind
 start = time.time()
-with open("attempts.log", "a") as f:
-    f.write(label + "\n")
+with open("attempts.log", "a") as f:  # the pid: a test checks this very process is gone after a stop
+    f.write(f"{label} {os.getpid()}\n")
 marker = Path(".fail-once") / label
 if marker.exists():
     marker.unlink()
