@@ -17,7 +17,9 @@ from torch import nn
 from labelbudget.logmel import length_mask
 
 if TYPE_CHECKING:
-    from labelbudget.schema import Model
+    from pathlib import Path
+
+    from labelbudget.schema import Model, Params
 
 SUBSAMPLING = 4  # log-mel frames per encoder frame: two stride-2 convolutions (100 Hz -> 25 Hz)
 
@@ -48,6 +50,19 @@ class EncoderConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def write_shape(params: Params, size: str, path: Path) -> dict:
+    """The shape of params `models.<size>` (and `features.n_mels`) as JSON at `path`: what the never-trained
+    `random` upstream is built from (labelbudget.upstreams.random)."""
+    from labelbudget.errors import ParamsError
+    from labelbudget.io import write_json
+
+    if size not in params.models:
+        raise ParamsError(f"shape: no size {size!r} in params `models` ({', '.join(params.models)})")
+    shape = {"size": size, **EncoderConfig.from_params(params.models[size], params.features.n_mels).to_dict()}
+    write_json(path, shape)
+    return shape
 
 
 class Subsampling(nn.Module):

@@ -90,7 +90,7 @@ def tiny_raw(**finetune) -> dict:
     ups = {"small": {"kind": "ssl", "source": "models/pretrain/small/model.pt"},
            "large": {"kind": "ssl", "source": "models/pretrain/large/model.pt"},
            "fbank": {"kind": "fbank", "source": "labelbudget/upstreams/fbank.py"},
-           "random": {"kind": "random", "size": "large", "source": "labelbudget/upstreams/random.py"}}
+           "random": {"kind": "random", "size": "large", "source": "models/shape/large.json"}}
     return raw(replace={"upstreams": ups}, seed=0, corpus=own_tests(*TESTS),
                subsets={"budgets_min": [0.5, 1], "seeds": [0]},
                wandb={"project": "labelbudget-test", "group": "test", "mode": "disabled"}, finetune=ft,

@@ -198,6 +198,8 @@ def test_a_params_change_re_runs_what_it_affects_and_nothing_else(smoke_project)
     assert stale_after(smoke_project, "wandb.group=renamed") == {"report"}  # W&B labels retrain nothing
     finetunes = {f"finetune@{u}-{b}-0" for u in ("small", "large", "fbank", "random") for b in (1, 2)}
     assert stale_after(smoke_project, "finetune.lr=0.002") == finetunes  # then their evaluations and the report
+    # a size's shape: its pretraining and the shape file of the never-trained control; no fbank stage, no `small`
+    assert stale_after(smoke_project, "models.large.dim=96") == {"shape@large", "pretrain@large"}
 
 
 # Stages killed with SIGKILL part-way, in this order (each after its upstream finished), at a fault point of

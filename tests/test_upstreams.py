@@ -12,11 +12,23 @@ from labelbudget.extraction import featurize, resolve_layers
 from labelbudget.schema import Params, parse_params
 
 N_MELS = 40
+SHAPE = "models/shape/{}.json"
+
+
+@pytest.fixture(autouse=True)
+def shapes(tmp_path, monkeypatch):
+    """The shape files of the `tiny` size, where the shape stage writes them (relative to the project)."""
+    from labelbudget.encoder import write_shape
+
+    monkeypatch.chdir(tmp_path)
+    write_shape(params(f={"kind": "fbank"}), "tiny", tmp_path / SHAPE.format("tiny"))
 
 
 def params(**entries) -> Params:
-    """The smoke params with only these upstreams (a `source` added where an entry has none)."""
-    entries = {n: {"source": "-", **e} if isinstance(e, dict) else e for n, e in entries.items()}
+    """The smoke params with only these upstreams (a `source` added where an entry has none: a `random` one's
+    is the shape file of its size, written here as the shape stage would)."""
+    entries = {n: {"source": SHAPE.format(e.get("size")) if e.get("kind") == "random" else "-", **e}
+               if isinstance(e, dict) else e for n, e in entries.items()}
     tiny = {"layers": 2, "dim": 32, "heads": 2, "ff_mult": 2, "conv_channels": 32, "dropout": 0.1, "pos_kernel": 15}
     return parse_params(raw(replace={"upstreams": entries, "ssl_sizes": []}, seed=0, features={"n_mels": N_MELS},
                             models={"tiny": tiny}, report=dict.fromkeys(("smaller", "larger", "baseline", "control"))))
@@ -58,6 +70,16 @@ def test_random_upstream_is_reproducible_from_the_seed():
     b = upstreams.load("u", params(u={"kind": "random", "size": "tiny"}))
     wav, lengths = waves()
     assert torch.equal(a.hidden_states(wav, lengths)[0][-1], b.hidden_states(wav, lengths)[0][-1])
+
+
+def test_random_upstream_names_a_missing_or_foreign_shape_file(tmp_path):
+    from labelbudget.io import write_json
+
+    with pytest.raises(upstreams.UpstreamError, match=r"no shape file; the stage shape@tiny writes"):
+        upstreams.load("u", params(u={"kind": "random", "size": "tiny", "source": "nowhere.json"}))
+    write_json(tmp_path / "other.json", {"size": "small", "layers": 1})
+    with pytest.raises(upstreams.UpstreamError, match=r"is the shape of size 'small', not of its size 'tiny'"):
+        upstreams.load("u", params(u={"kind": "random", "size": "tiny", "source": "other.json"}))
 
 
 def test_random_upstream_needs_a_known_size():

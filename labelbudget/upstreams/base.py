@@ -75,8 +75,10 @@ def load(name: str, params: Params) -> Upstream:
 
 def missing_sources(root: Path, params: Params) -> list[str]:
     """Upstream `source` files that neither exist under `root` nor come from a stage (the pretrain and topline
-    stages write models/pretrain/<name>/): each would stop its extract stage after the run started."""
-    produced = [f"models/pretrain/{n}/" for n in [*params.ssl_sizes, *params.toplines]]
+    stages write models/pretrain/<name>/, the shape stage models/shape/<size>.json): each would stop its extract
+    stage after the run started."""
+    produced = [*(f"models/pretrain/{n}/" for n in [*params.ssl_sizes, *params.toplines]),
+                *(f"models/shape/{size}.json" for size in params.models)]
     out = []
     for name, spec in params.upstreams.items():
         source = spec.source
