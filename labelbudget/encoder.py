@@ -21,6 +21,7 @@ if TYPE_CHECKING:
 
     from labelbudget.schema import Model, Params
 
+FORMAT = "labelbudget-ssl/1"  # an exported encoder checkpoint (labelbudget.pretraining.export)
 SUBSAMPLING = 4  # log-mel frames per encoder frame: two stride-2 convolutions (100 Hz -> 25 Hz)
 
 

@@ -6,21 +6,26 @@ import hashlib
 import json
 import shutil
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
+import lightning as L
 import torch
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.utilities import rank_zero_only
 
+from labelbudget import tracking
 from labelbudget.batching import StepBatchSampler, WaveDataset, collate_waves, load_wave
-from labelbudget.encoder import EncoderConfig, count_parameters
+from labelbudget.encoder import FORMAT, EncoderConfig, count_parameters
 from labelbudget.io import atomic_path, write_json
 from labelbudget.manifest import CLEAN_DIR, Corpus
-from labelbudget.ssl import STACK, NonFiniteLossError, make_targets
+from labelbudget.ssl import STACK, NonFiniteLossError, make_ssl_module, make_targets
 
 if TYPE_CHECKING:
     from labelbudget.schema import Params, Pretrain
 
-FORMAT = "labelbudget-ssl/1"
 # Keys of params `pretrain` that may change on resume; every other key (a new one included) changes the
 # trained weights, so checkpoints of another value are discarded.
 RESUME_SAFE = ("max_minutes", "checkpoint_every", "devices", "num_nodes", "strategy", "precision", "num_threads")
@@ -111,36 +116,59 @@ def collate_pretrain(items: list[tuple[torch.Tensor, dict]]) -> tuple[torch.Tens
     return wav, lengths, extra
 
 
+class StepData(L.LightningDataModule):
+    """Batches of about `batch_seconds` of audio, `max_steps` of them, in an order fixed by the seed: a resumed
+    run starts at the trainer's step and sees the batches the uninterrupted run would have."""
+
+    def __init__(self, data: PretrainWaves, p: Pretrain, seed: int):
+        super().__init__()
+        self.data, self.p, self.seed = data, p, seed
+
+    def train_dataloader(self):
+        t, gpu = self.trainer, torch.cuda.is_available()
+        sampler = StepBatchSampler(self.data.durations, self.p.batch_seconds, self.p.max_steps, self.seed,
+                                   start_step=lambda: t.global_step, rank=t.global_rank, world_size=t.world_size)
+        return torch.utils.data.DataLoader(self.data, batch_sampler=sampler, collate_fn=collate_pretrain,
+                                           num_workers=4 if gpu else 0, pin_memory=gpu)
+
+
+class Monitoring(Callback):
+    """Runs `monitor` outside the training step; it must not touch the training's random stream, so an exact
+    resume stays exact."""
+
+    def __init__(self, monitor: Monitor):
+        self.monitor, self.seconds, self.last, self.last_step, self.trained = monitor, 0.0, {}, -1, False
+
+    def measure(self, trainer, pl_module) -> None:
+        t = time.time()
+        self.last = self.monitor(pl_module.encoder)
+        self.seconds += time.time() - t
+        self.last_step = trainer.global_step
+        for lg in trainer.loggers:  # directly: a value logged between log_every_n_steps would be dropped
+            lg.log_metrics(self.last, step=trainer.global_step)
+
+    def on_train_batch_end(self, trainer, pl_module, *_):
+        self.trained = True
+        if trainer.is_global_zero and trainer.global_step % self.monitor.every == 0:
+            self.measure(trainer, pl_module)
+
+    def on_train_end(self, trainer, pl_module):
+        if trainer.is_global_zero and self.trained and self.last_step != trainer.global_step:
+            self.measure(trainer, pl_module)  # stopped by the time cap between two measurements
+
+
 def pretrain(name: str, params: Params, out: Path, corpus_dir: Path = Path("data/corpus"),
-             fail_at_step: int | None = None, monitor: Monitor | None = None) -> dict:
+             monitor: Monitor | None = None, callbacks: Sequence[Callback] = ()) -> dict:
     """Train run `name` (an SSL size or a topline, `run_spec`) and export `out/model.pt`. Checkpoints in
     `out/checkpoints` are resumed when they belong to the same configuration, code and data; otherwise they
-    are discarded. `fail_at_step` simulates a crash (tests). `monitor`'s last values and the share of the
-    training time it took land in the summary."""
-    import lightning as L
-    from lightning.pytorch.callbacks import Callback, ModelCheckpoint
-    from lightning.pytorch.loggers import CSVLogger
-    from lightning.pytorch.utilities import rank_zero_only
-
-    from labelbudget import tracking
-    from labelbudget.ssl import make_ssl_module
-
+    are discarded. `monitor`'s last values and the share of the training time it took land in the summary;
+    `callbacks` are Lightning's (a test's crash, for one)."""
     size, p = run_spec(name, params)
     seed = params.seed
     cfg = EncoderConfig.from_params(params.models[size], params.features.n_mels)
     corpus = Corpus.load(corpus_dir)
     rows = corpus.read(corpus.unlabeled)
-    durations = [r["duration"] for r in rows]
-
-    ckpt_dir = out / "checkpoints"
-    fp = fingerprint(cfg, p, seed, corpus.manifest_path(corpus.unlabeled))
-    stamp = ckpt_dir / "fingerprint.txt"
-    if ckpt_dir.exists() and (not stamp.exists() or stamp.read_text() != fp):
-        shutil.rmtree(ckpt_dir)  # checkpoints of another config or data set must never be resumed
-    ckpt_dir.mkdir(parents=True, exist_ok=True)
-    stamp.write_text(fp)
-    last = ckpt_dir / "last.ckpt"
-
+    last = fresh_checkpoints(out / "checkpoints", fingerprint(cfg, p, seed, corpus.manifest_path(corpus.unlabeled)))
     L.seed_everything(seed, workers=True, verbose=False)
     quantizer = make_targets(p.objective, rows, corpus, p, cfg, seed)
     # Where an utterance has no clean rendering, its targets come from itself.
@@ -152,52 +180,10 @@ def pretrain(name: str, params: Params, out: Path, corpus_dir: Path = Path("data
     # Lightning refuses gradient clipping with a fused optimizer under mixed precision (CUDA bf16 crashed at
     # the first step): fused only for full-precision training.
     module = make_ssl_module(cfg, p, seed, quantizer, fused=precision in ("32-true", "32", 32))
-    gpu = torch.cuda.is_available()
-
-    class Data(L.LightningDataModule):
-        def train_dataloader(self):
-            t = self.trainer
-            sampler = StepBatchSampler(durations, p.batch_seconds, p.max_steps, seed,
-                                       start_step=lambda: t.global_step, rank=t.global_rank,
-                                       world_size=t.world_size)
-            return torch.utils.data.DataLoader(data, batch_sampler=sampler, collate_fn=collate_pretrain,
-                                               num_workers=4 if gpu else 0, pin_memory=gpu)
-
-    class CrashAt(Callback):
-        def on_train_batch_start(self, trainer, *_):
-            if fail_at_step is not None and trainer.global_step == fail_at_step:
-                raise RuntimeError(f"simulated crash at step {fail_at_step}")
-
-    class Monitoring(Callback):
-        """Runs `monitor` outside the training step; it must not touch the training's random stream, so an
-        exact resume stays exact."""
-
-        seconds, last, last_step, trained = 0.0, {}, -1, False
-
-        def measure(self, trainer, pl_module) -> None:
-            t = time.time()
-            self.last = monitor(pl_module.encoder)
-            self.seconds += time.time() - t
-            self.last_step = trainer.global_step
-            for lg in trainer.loggers:  # directly: a value logged between log_every_n_steps would be dropped
-                lg.log_metrics(self.last, step=trainer.global_step)
-
-        def on_train_batch_end(self, trainer, pl_module, *_):
-            self.trained = True
-            if trainer.is_global_zero and trainer.global_step % monitor.every == 0:
-                self.measure(trainer, pl_module)
-
-        def on_train_end(self, trainer, pl_module):
-            if trainer.is_global_zero and self.trained and self.last_step != trainer.global_step:
-                self.measure(trainer, pl_module)  # stopped by the time cap between two measurements
-
-    monitoring = Monitoring() if monitor is not None else None
+    monitoring = Monitoring(monitor) if monitor is not None else None
     loggers = [CSVLogger(str(out / "logs"), name="", version="")]
-    run = None
-    if params.wandb.mode != "disabled" and rank_zero_only.rank == 0:
-        run = tracking.init_run(params.wandb, job_type="pretrain", name=f"pretrain-{name}", config={
-            **tracking.group_keys(params, name), "size": size, "objective": p.objective,
-            "parameters": count_parameters(module.encoder), **cfg.to_dict(), **p.model_dump()})
+    run = wandb_run(params, name, size, p, module) if rank_zero_only.rank == 0 else None
+    if run is not None:
         loggers.append(tracking.lightning_logger(run))
     trainer = L.Trainer(
         max_steps=p.max_steps, max_epochs=-1, max_time={"minutes": p.max_minutes},
@@ -205,16 +191,45 @@ def pretrain(name: str, params: Params, out: Path, corpus_dir: Path = Path("data
         accelerator="auto", devices=p.devices, num_nodes=p.num_nodes, strategy=p.strategy,
         use_distributed_sampler=False, logger=loggers, enable_model_summary=False,
         log_every_n_steps=max(1, min(10, p.max_steps // 10)),
-        callbacks=[ModelCheckpoint(dirpath=ckpt_dir, every_n_train_steps=p.checkpoint_every, save_last=True,
-                                   save_top_k=0), CrashAt(), *([monitoring] if monitoring else [])],
+        callbacks=[ModelCheckpoint(dirpath=last.parent, every_n_train_steps=p.checkpoint_every, save_last=True,
+                                   save_top_k=0), *callbacks, *([monitoring] if monitoring else [])],
     )
+    wall = fit(trainer, module, StepData(data, p, seed), last, out, run)
+    if trainer.global_rank != 0:
+        return {}
+    summary = summarize(trainer, module, name, size, p, out, wall, monitoring, data.clean_share)
+    export(module, name, p.objective, trainer.global_step, out / "model.pt")
+    write_json(out / "metrics.json", summary)
+    return summary
+
+
+def fresh_checkpoints(ckpt_dir: Path, fp: str) -> Path:
+    """`ckpt_dir/last.ckpt`, after discarding checkpoints of another configuration, code or data (`fp`)."""
+    stamp = ckpt_dir / "fingerprint.txt"
+    if ckpt_dir.exists() and (not stamp.exists() or stamp.read_text() != fp):
+        shutil.rmtree(ckpt_dir)  # checkpoints of another config or data set must never be resumed
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    stamp.write_text(fp)
+    return ckpt_dir / "last.ckpt"
+
+
+def wandb_run(params: Params, name: str, size: str, p: Pretrain, module: L.LightningModule):
+    if params.wandb.mode == "disabled":
+        return None
+    return tracking.init_run(params.wandb, job_type="pretrain", name=f"pretrain-{name}", config={
+        **tracking.group_keys(params, name), "size": size, "objective": p.objective,
+        "parameters": count_parameters(module.encoder), **module.cfg.to_dict(), **p.model_dump()})
+
+
+def fit(trainer: L.Trainer, module: L.LightningModule, data: StepData, last: Path, out: Path, run) -> float:
+    """Train (resuming from `last` if it exists); seconds it took. A diverged run keeps the curves that show
+    the divergence and exports nothing."""
     start = time.time()
     hist = out / "logs" / "metrics.csv"
     try:
-        trainer.fit(module, datamodule=Data(), ckpt_path=str(last) if last.exists() else None)
+        trainer.fit(module, datamodule=data, ckpt_path=str(last) if last.exists() else None)
     except NonFiniteLossError:
-        # Keep the curves that show the divergence; export nothing.
-        loggers[0].save()  # the CSV log, flushed
+        trainer.loggers[0].save()  # the CSV log, flushed
         if hist.exists():
             shutil.copyfile(hist, out / "history.csv")
         (out / "model.pt").unlink(missing_ok=True)
@@ -224,8 +239,12 @@ def pretrain(name: str, params: Params, out: Path, corpus_dir: Path = Path("data
             tracking.finish(run)
     wall = time.time() - start
     trainer.save_checkpoint(str(last))  # the final state, so a longer run can resume (collective under DDP)
-    if trainer.global_rank != 0:
-        return {}
+    return wall
+
+
+def summarize(trainer: L.Trainer, module: L.LightningModule, name: str, size: str, p: Pretrain, out: Path,
+              wall: float, monitoring: Monitoring | None, clean_share: float | None) -> dict:
+    """The run's summary (metrics.json); history.csv holds the curves of the updates trained in this process."""
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("train/")}
     trained_now = bool(metrics)
     if not trained_now and (out / "history.csv").exists():
@@ -236,10 +255,9 @@ def pretrain(name: str, params: Params, out: Path, corpus_dir: Path = Path("data
         metrics["monitor_share"] = round(monitoring.seconds / max(wall, 1e-9), 4)  # of the wall time of fit
     summary = {"upstream": name, "size": size, "steps": trainer.global_step, "wall_seconds": round(wall, 1),
                "parameters": count_parameters(module.encoder), "objective": p.objective, **metrics}
-    if data.clean_share is not None:
-        summary["clean_target_share"] = round(data.clean_share, 4)
-    export(module, name, p.objective, trainer.global_step, out / "model.pt")
-    write_json(out / "metrics.json", summary)
+    if clean_share is not None:
+        summary["clean_target_share"] = round(clean_share, 4)
+    hist = out / "logs" / "metrics.csv"
     if hist.exists() and trained_now:
         shutil.copyfile(hist, out / "history.csv")
     return summary

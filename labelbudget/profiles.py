@@ -22,6 +22,7 @@ from typing import Any
 
 import yaml
 
+from labelbudget import dvcapi
 from labelbudget.errors import LabelbudgetError
 from labelbudget.schema import Params, check_params, is_labelbudget, parse_params
 
@@ -63,19 +64,14 @@ def compose(root: Path, profile: str | None = None, overrides: list[str] | tuple
 
 
 def _compose_to(root: Path, out: Path, overrides: list[str]) -> None:
-    from dvc.utils.hydra import compose_and_dump
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
     try:
-        compose_and_dump(out, str((root / CONF_DIR).resolve()), None, CONFIG_NAME, str(root), overrides)
+        dvcapi.compose_params(out, (root / CONF_DIR).resolve(), CONFIG_NAME, root, overrides)
     except (HydraException, OmegaConfBaseException) as e:
         first = str(e).strip().splitlines()[0]
         raise ProfileError(f"cannot compose params from {root / CONF_DIR} with {overrides}: {first}") from None
-    finally:
-        from hydra.core.global_hydra import GlobalHydra
-
-        GlobalHydra.instance().clear()
 
 
 def _sha256(path: Path) -> str:

@@ -105,7 +105,7 @@ class Section(BaseModel):
         if _SEEN is None or name.startswith("_") or name not in type(self).model_fields:
             return value
         field = type(self).model_fields[name]
-        key = BaseModel.__getattribute__(self, "_key")
+        key = self._dotted()
         path = f"{key}.{field.alias or name}" if key else (field.alias or name)
         if isinstance(value, dict):
             return _Reads(value, path)
@@ -115,8 +115,12 @@ class Section(BaseModel):
 
     def model_dump(self, **kwargs: Any) -> dict[str, Any]:
         if _SEEN is not None:
-            _SEEN.add(BaseModel.__getattribute__(self, "_key") or "*")
+            _SEEN.add(self._dotted() or "*")
         return super().model_dump(**kwargs)
+
+    def _dotted(self) -> str:
+        # private attributes live in __pydantic_private__, beside the fields (plain attribute lookup misses them)
+        return (object.__getattribute__(self, "__pydantic_private__") or {}).get("_key", "")
 
 
 def _unique(values: list) -> list:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING
 
+import lightning as L
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -138,125 +139,131 @@ def make_targets(objective: str, rows: list[dict], corpus: Corpus, p: Pretrain, 
 
 
 def make_ssl_module(cfg: EncoderConfig, p: Pretrain, seed: int, quantizer: nn.Module | None = None,
-                    fused: bool = False):
+                    fused: bool = False) -> SSLModule:
     """`fused` AdamW is one kernel instead of ~10 per tensor, but Lightning refuses gradient clipping with it
     under mixed precision (it unscales gradients itself): only pass True for full-precision training."""
-    import lightning as L
+    return SSLModule(cfg, p, seed, quantizer or make_targets("bestrq", [], None, p, cfg, seed), fused)
 
-    class SSLModule(L.LightningModule):
-        """Masked prediction of discrete targets on top of the encoder; logs loss, masked accuracy, target
-        usage (share of targets used and perplexity), learning rate and throughput."""
 
-        def __init__(self) -> None:
-            super().__init__()
-            self.cfg, self.p, self.seed = cfg, p, seed
-            self.logmel = LogMel(cfg.n_mels)
-            self.encoder = Encoder(cfg)
-            self.quantizer = quantizer or make_targets("bestrq", [], None, p, cfg, seed)
-            self.head = PredictionHead(cfg.dim, cfg.heads, self.quantizer.num_targets, p.head_layers)
-            self.corruption = p.input_corruption
-            self.unmasked_weight = p.unmasked_weight
-            # TERA-style dense term: every masked frame also predicts its own (normalised) log-mel frames, a
-            # low-variance target beside the discrete one. Off (no parameters) at weight 0.
-            self.recon_weight = p.reconstruction_weight
-            self.recon = nn.Linear(cfg.dim, STACK * cfg.n_mels) if self.recon_weight > 0 else None
-            # wav2vec 2.0 / CPC-style contrastive term: each masked frame's output picks its own front-end
-            # embedding of the clean input among other frames of the same utterance. Off (no parameters) at 0.
-            self.infonce_weight = p.infonce_weight
-            self.contrast = nn.Linear(cfg.dim, cfg.dim) if self.infonce_weight > 0 else None
-            self._t0 = time.time()
+def lr_at(step: int, warm: int, total: int) -> float:
+    """The learning-rate factor: linear warm-up, then cosine decay to 5%."""
+    if step < warm:
+        return (step + 1) / warm
+    frac = (step - warm) / max(1, total - warm)
+    return 0.05 + 0.95 * 0.5 * (1 + torch.cos(torch.tensor(frac * torch.pi)).item())
 
-        def configure_optimizers(self):
-            trained = [w for w in self.parameters() if w.requires_grad]  # not a frozen teacher's
-            opt = torch.optim.AdamW(trained, lr=p.lr, weight_decay=p.weight_decay,
-                                    betas=(0.9, 0.98), fused=fused)
-            warm, total = max(1, p.warmup_steps), max(p.max_steps, p.warmup_steps + 1)
 
-            def lr_at(step: int) -> float:  # linear warmup, cosine decay to 5%
-                if step < warm:
-                    return (step + 1) / warm
-                frac = (step - warm) / max(1, total - warm)
-                return 0.05 + 0.95 * 0.5 * (1 + torch.cos(torch.tensor(frac * torch.pi)).item())
+def target_stats(targets: torch.Tensor, valid: torch.Tensor, num_targets: int) -> dict[str, torch.Tensor]:
+    """Share of the target ids used in a batch and their perplexity (a collapsed quantizer shows here)."""
+    counts = torch.bincount(targets[valid], minlength=num_targets).float()
+    probs = counts / counts.sum()
+    ppl = torch.exp(-(probs[probs > 0] * probs[probs > 0].log()).sum())
+    return {"train/target_usage": (counts > 0).float().mean(), "train/target_ppl": ppl}
 
-            sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
-            return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
-        def ssl_loss(self, wav: torch.Tensor, lengths: torch.Tensor, step: int, rank: int = 0,
-                     labels: torch.Tensor | None = None, clean: torch.Tensor | None = None):
-            """Masked-prediction loss of one batch and its diagnostics; `labels`: per-utterance targets
-            (B, frames) of an objective that has them (`phones`), -1 where there is none; `clean`: each
-            utterance's clean rendering (B, samples), the source of the targets while the encoder hears `wav`."""
-            # Masks, dropout and corruption depend only on (seed, step, rank): a resumed run repeats them.
-            torch.manual_seed(self.seed * 1_000_003 + step * 101 + rank)
-            gen = torch.Generator().manual_seed(self.seed + 7919 * step + rank)
-            feats, flens = self.logmel(wav if clean is None else clean, lengths)
-            feats = normalize(feats, flens)
-            if self.corruption > 0:  # targets (and the L1 term) from the clean or stored audio, the input degraded
-                noisy = corrupt(wav, lengths, self.corruption, np.random.default_rng([self.seed, step, rank]))
-                inputs = normalize(self.logmel(noisy, lengths)[0], flens)
-            elif clean is not None:
-                inputs = normalize(self.logmel(wav, lengths)[0], flens)
-            else:
-                inputs = feats
-            out_len = subsampled_lengths(flens)
-            t_out = int(out_len.max())
-            with torch.autocast(feats.device.type, enabled=False):  # targets never depend on the precision
-                stacked = stack_frames(feats, t_out)
-                if labels is not None:
-                    targets = self.quantizer(stacked, labels)
-                elif getattr(self.quantizer, "reads_features", False):
-                    targets = self.quantizer.from_features(feats.float(), flens)[:, :t_out]
-                else:
-                    targets = self.quantizer(stacked)
-            mask = span_mask(out_len, p.mask_prob, p.mask_span, gen).to(feats.device)
-            # Mask the input frames under each masked encoder frame, filled with small noise (BEST-RQ):
-            # masking after the front end would leak the frame into its neighbours' convolutions.
-            in_mask = mask.repeat_interleave(STACK, dim=1)[:, : feats.shape[1], None]
-            masked = torch.where(in_mask, 0.1 * torch.randn_like(inputs), inputs)
-            hidden, _ = self.encoder(masked, flens)
-            top = self.encoder.final_norm(hidden[-1])
-            logits = self.head(top, ~length_mask(out_len, top.shape[1]))
-            has_target = (targets[:, : logits.shape[1]] >= 0) & length_mask(out_len, logits.shape[1])
-            m = mask[:, : logits.shape[1]] & has_target
-            loss = F.cross_entropy(logits[m].float(), targets[m])
-            if self.unmasked_weight > 0:  # HuBERT's loss on the visible frames (0: masked frames only)
-                u = ~mask[:, : logits.shape[1]] & has_target
-                if u.any():
-                    loss = loss + self.unmasked_weight * F.cross_entropy(logits[u].float(), targets[u])
-            recon = None
-            infonce = None
-            if self.contrast is not None:
-                infonce = contrastive_loss(self.contrast(top), self.encoder.embed(feats), m, out_len, gen)
-                loss = loss + self.infonce_weight * infonce
-            if self.recon is not None:
-                recon = F.l1_loss(self.recon(top)[m].float(), stacked[:, : logits.shape[1]][m].float())
-                loss = loss + self.recon_weight * recon
-            with torch.no_grad():
-                acc = (logits[m].argmax(-1) == targets[m]).float().mean()
-                valid_mask = length_mask(out_len, t_out)
-                valid_mask &= targets >= 0
-                counts = torch.bincount(targets[valid_mask], minlength=self.quantizer.num_targets).float()
-                probs = counts / counts.sum()
-                ppl = torch.exp(-(probs[probs > 0] * probs[probs > 0].log()).sum())
-                stats = {"train/masked_acc": acc, "train/target_usage": (counts > 0).float().mean(),
-                         "train/target_ppl": ppl, "train/mask_share": m.float().sum() / valid_mask.sum(),
-                         "train/padding_share": 1 - lengths.sum() / (lengths.max() * len(lengths)),
-                         "train/audio_seconds": lengths.sum() / 16000.0}
-                if recon is not None:
-                    stats["train/reconstruction_l1"] = recon.detach()
-                if infonce is not None:
-                    stats["train/infonce"] = infonce.detach()
-            return loss, stats
+class SSLModule(L.LightningModule):
+    """Masked prediction of discrete targets on top of the encoder; logs loss, masked accuracy, target usage
+    (share of targets used and perplexity), learning rate and throughput."""
 
-        def training_step(self, batch, _idx):
-            wav, lengths, *extra = batch  # extra: {labels, clean} when the recipe has them (collate_pretrain)
-            loss, stats = self.ssl_loss(wav, lengths, self.global_step, self.global_rank, **(extra[0] if extra else {}))
-            check_finite_loss(loss, self.global_step)  # before backward: NaN never reaches the weights
-            acc = stats["train/masked_acc"]
-            self.log_dict({"train/loss": loss, **stats, "train/lr": self.optimizers().param_groups[0]["lr"]},
-                          prog_bar=False, on_step=True, batch_size=len(lengths))
-            self.log("loss", loss, prog_bar=True, logger=False, batch_size=len(lengths))
-            self.log("acc", acc, prog_bar=True, logger=False, batch_size=len(lengths))
-            return loss
+    def __init__(self, cfg: EncoderConfig, p: Pretrain, seed: int, quantizer: nn.Module, fused: bool = False):
+        super().__init__()
+        self.cfg, self.p, self.seed, self.fused = cfg, p, seed, fused
+        self.logmel = LogMel(cfg.n_mels)
+        self.encoder = Encoder(cfg)
+        self.quantizer = quantizer
+        self.head = PredictionHead(cfg.dim, cfg.heads, self.quantizer.num_targets, p.head_layers)
+        self.corruption = p.input_corruption
+        self.unmasked_weight = p.unmasked_weight
+        # TERA-style dense term: every masked frame also predicts its own (normalised) log-mel frames, a
+        # low-variance target beside the discrete one. Off (no parameters) at weight 0.
+        self.recon_weight = p.reconstruction_weight
+        self.recon = nn.Linear(cfg.dim, STACK * cfg.n_mels) if self.recon_weight > 0 else None
+        # wav2vec 2.0 / CPC-style contrastive term: each masked frame's output picks its own front-end
+        # embedding of the clean input among other frames of the same utterance. Off (no parameters) at 0.
+        self.infonce_weight = p.infonce_weight
+        self.contrast = nn.Linear(cfg.dim, cfg.dim) if self.infonce_weight > 0 else None
+        self._t0 = time.time()
 
-    return SSLModule()
+    def configure_optimizers(self):
+        p = self.p
+        trained = [w for w in self.parameters() if w.requires_grad]  # not a frozen teacher's
+        opt = torch.optim.AdamW(trained, lr=p.lr, weight_decay=p.weight_decay, betas=(0.9, 0.98), fused=self.fused)
+        warm, total = max(1, p.warmup_steps), max(p.max_steps, p.warmup_steps + 1)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: lr_at(step, warm, total))
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    def views(self, wav: torch.Tensor, lengths: torch.Tensor, step: int, rank: int, clean: torch.Tensor | None
+              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(log-mel the targets come from, log-mel the encoder hears, frames): the clean rendering or the
+        stored audio for the targets; the input degraded on the fly with `input_corruption`."""
+        feats, flens = self.logmel(wav if clean is None else clean, lengths)
+        feats = normalize(feats, flens)
+        if self.corruption > 0:  # targets (and the L1 term) from the clean or stored audio, the input degraded
+            noisy = corrupt(wav, lengths, self.corruption, np.random.default_rng([self.seed, step, rank]))
+            return feats, normalize(self.logmel(noisy, lengths)[0], flens), flens
+        if clean is not None:
+            return feats, normalize(self.logmel(wav, lengths)[0], flens), flens
+        return feats, feats, flens
+
+    def targets(self, feats: torch.Tensor, flens: torch.Tensor, t_out: int, labels: torch.Tensor | None
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(target id per encoder frame, -1 where none; the stacked log-mel frames under each)."""
+        with torch.autocast(feats.device.type, enabled=False):  # targets never depend on the precision
+            stacked = stack_frames(feats, t_out)
+            if labels is not None:
+                return self.quantizer(stacked, labels), stacked
+            if getattr(self.quantizer, "reads_features", False):
+                return self.quantizer.from_features(feats.float(), flens)[:, :t_out], stacked
+            return self.quantizer(stacked), stacked
+
+    def ssl_loss(self, wav: torch.Tensor, lengths: torch.Tensor, step: int, rank: int = 0,
+                 labels: torch.Tensor | None = None, clean: torch.Tensor | None = None):
+        """Masked-prediction loss of one batch and its diagnostics; `labels`: per-utterance targets (B, frames)
+        of an objective that has them (`phones`), -1 where there is none; `clean`: each utterance's clean
+        rendering (B, samples), the source of the targets while the encoder hears `wav`."""
+        # Masks, dropout and corruption depend only on (seed, step, rank): a resumed run repeats them.
+        torch.manual_seed(self.seed * 1_000_003 + step * 101 + rank)
+        gen = torch.Generator().manual_seed(self.seed + 7919 * step + rank)
+        feats, inputs, flens = self.views(wav, lengths, step, rank, clean)
+        out_len = subsampled_lengths(flens)
+        t_out = int(out_len.max())
+        targets, stacked = self.targets(feats, flens, t_out, labels)
+        mask = span_mask(out_len, self.p.mask_prob, self.p.mask_span, gen).to(feats.device)
+        # Mask the input frames under each masked encoder frame, filled with small noise (BEST-RQ): masking
+        # after the front end would leak the frame into its neighbours' convolutions.
+        in_mask = mask.repeat_interleave(STACK, dim=1)[:, : feats.shape[1], None]
+        hidden, _ = self.encoder(torch.where(in_mask, 0.1 * torch.randn_like(inputs), inputs), flens)
+        top = self.encoder.final_norm(hidden[-1])
+        logits = self.head(top, ~length_mask(out_len, top.shape[1]))
+        has_target = (targets[:, : logits.shape[1]] >= 0) & length_mask(out_len, logits.shape[1])
+        m = mask[:, : logits.shape[1]] & has_target
+        loss = F.cross_entropy(logits[m].float(), targets[m])
+        if self.unmasked_weight > 0:  # HuBERT's loss on the visible frames (0: masked frames only)
+            u = ~mask[:, : logits.shape[1]] & has_target
+            if u.any():
+                loss = loss + self.unmasked_weight * F.cross_entropy(logits[u].float(), targets[u])
+        stats: dict[str, torch.Tensor] = {}
+        if self.contrast is not None:
+            infonce = contrastive_loss(self.contrast(top), self.encoder.embed(feats), m, out_len, gen)
+            loss, stats["train/infonce"] = loss + self.infonce_weight * infonce, infonce.detach()
+        if self.recon is not None:
+            recon = F.l1_loss(self.recon(top)[m].float(), stacked[:, : logits.shape[1]][m].float())
+            loss, stats["train/reconstruction_l1"] = loss + self.recon_weight * recon, recon.detach()
+        with torch.no_grad():
+            valid = length_mask(out_len, t_out) & (targets >= 0)
+            stats = {"train/masked_acc": (logits[m].argmax(-1) == targets[m]).float().mean(),
+                     **target_stats(targets, valid, self.quantizer.num_targets),
+                     "train/mask_share": m.float().sum() / valid.sum(),
+                     "train/padding_share": 1 - lengths.sum() / (lengths.max() * len(lengths)),
+                     "train/audio_seconds": lengths.sum() / 16000.0, **stats}
+        return loss, stats
+
+    def training_step(self, batch, _idx):
+        wav, lengths, *extra = batch  # extra: {labels, clean} when the recipe has them (collate_pretrain)
+        loss, stats = self.ssl_loss(wav, lengths, self.global_step, self.global_rank, **(extra[0] if extra else {}))
+        check_finite_loss(loss, self.global_step)  # before backward: NaN never reaches the weights
+        self.log_dict({"train/loss": loss, **stats, "train/lr": self.optimizers().param_groups[0]["lr"]},
+                      prog_bar=False, on_step=True, batch_size=len(lengths))
+        self.log("loss", loss, prog_bar=True, logger=False, batch_size=len(lengths))
+        self.log("acc", stats["train/masked_acc"], prog_bar=True, logger=False, batch_size=len(lengths))
+        return loss

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from lightning.pytorch.callbacks import Callback
 
 from labelbudget import batching, upstreams
 from labelbudget.extraction import NonFiniteFeaturesError, extract_part, resolve_layers
@@ -45,11 +46,22 @@ def encoder_weights(path: Path) -> dict[str, torch.Tensor]:
     return torch.load(path, weights_only=True)["encoder"]
 
 
+class CrashAt(Callback):
+    """A crash at the start of update `step`, as a killed process would leave the run."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_train_batch_start(self, trainer, *_):
+        if trainer.global_step == self.step:
+            raise RuntimeError(f"simulated crash at step {self.step}")
+
+
 def test_killed_run_resumes_to_the_same_step_and_weights(tmp_path, corpus):
     p = params()
     whole = pretrain("small", p, tmp_path / "whole", corpus.dir)
     with pytest.raises(RuntimeError, match="simulated crash"):
-        pretrain("small", p, tmp_path / "resumed", corpus.dir, fail_at_step=3)
+        pretrain("small", p, tmp_path / "resumed", corpus.dir, callbacks=[CrashAt(3)])
     assert (tmp_path / "resumed" / "checkpoints" / "last.ckpt").exists()
     resumed = pretrain("small", p, tmp_path / "resumed", corpus.dir)
     assert resumed["steps"] == whole["steps"] == 6

@@ -3,7 +3,6 @@ counts only after the all-blank phase, the best dev-CER weights kept; what a run
 
 from __future__ import annotations
 
-import copy
 import math
 import time
 from dataclasses import dataclass
@@ -13,7 +12,7 @@ import torch
 
 from labelbudget.downstream.config import DownstreamInputError
 from labelbudget.downstream.data import BlockBatches, BucketBatchSampler, FeatureDataset, collate, feature_stats
-from labelbudget.downstream.model import DownstreamModel, ctc_loss, transcribe
+from labelbudget.downstream.model import DownstreamModel
 from labelbudget.precision import use_bf16
 
 if TYPE_CHECKING:
@@ -84,7 +83,7 @@ def train(cfg: Finetune, train_set: FeatureDataset, dev_set: FeatureDataset,
 
     import lightning.pytorch as pl
 
-    from labelbudget.metrics import total, utterance_counts
+    from labelbudget.downstream.lit import DevCER, LitDownstream
 
     # Lightning's banner lines (GPU/TPU available, tips) would be repeated in every one of dozens of runs.
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
@@ -100,82 +99,7 @@ def train(cfg: Finetune, train_set: FeatureDataset, dev_set: FeatureDataset,
     model = DownstreamModel(cfg, num_layers=train_set[0]["feats"].shape[1], dim=store.dim,
                             input_rate=float(store.meta["frame_rate"]))
     model.set_stats(*feature_stats(train_set, cfg.cmvn_utterances))
-    cap = cfg.max_steps
-    dev_ids = dev_set.ids
-    dev_refs = [dev_texts[i] for i in dev_ids]
-    dev_ref_chars = sum(len(r) for r in dev_refs)
-
-    class LitDownstream(pl.LightningModule):
-        def __init__(self):
-            super().__init__()
-            self.model = model
-
-        def training_step(self, batch: dict, _: int) -> torch.Tensor | None:
-            log_probs, lens = self.model(batch["feats"], batch["lengths"])
-            loss = ctc_loss(log_probs, lens, batch["targets"], batch["target_lengths"])
-            if not torch.isfinite(loss):  # stop: a NaN step would destroy the weights
-                dev_cb.non_finite = True
-                self.trainer.should_stop = True
-                return None
-            self.log("train/loss", loss, batch_size=len(batch["ids"]))
-            return loss
-
-        def configure_optimizers(self):
-            opt = torch.optim.AdamW(self.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-
-            def schedule(step: int) -> float:  # warm-up, then constant until dev CER stalls (see DevCER)
-                return min(1.0, (step + 1) / max(1, cfg.warmup_steps)) * dev_cb.lr_scale
-
-            sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
-            return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
-
-    class DevCER(pl.Callback):
-        """Dev CER every `eval_every` steps, best weights, early stopping after the all-blank phase."""
-
-        def __init__(self):
-            self.stopper = BlankAwareStopping(cfg.patience, cfg.blank_exit, cfg.min_delta)
-            self.best_state: dict | None = None
-            self.stopped_early = False
-            self.non_finite = False
-            self.lr_scale = 1.0
-            self.history: list[dict] = []
-
-        def evaluate(self, trainer, lit) -> None:
-            step = trainer.global_step
-            hyps = transcribe(lit.model, dev_set)
-            hyp_list = [hyps[i] for i in dev_ids]
-            c = total(utterance_counts(dev_refs, hyp_list))
-            cer = c.char_errors / max(1, c.chars)
-            wer = c.word_errors / max(1, c.words)
-            out_share = sum(len(h) for h in hyp_list) / max(1, dev_ref_chars)
-            improved, stop = self.stopper.update(step, cer, out_share)
-            if not improved and self.stopper.left_blank_step is not None:
-                self.lr_scale *= cfg.lr_decay
-            if improved:
-                self.best_state = copy.deepcopy(lit.model.state_dict())
-            weights = lit.model.layer_weights().detach().tolist()
-            loss = trainer.callback_metrics.get("train/loss")
-            row = {"step": step, "dev_cer": cer, "dev_wer": wer, "dev_output_share": out_share,
-                   "lr_scale": self.lr_scale,
-                   "train_loss": float(loss) if loss is not None else None}
-            self.history.append(row)
-            if trainer.logger is not None:
-                logged = {"dev/cer": cer, "dev/wer": wer, "dev/output_share": out_share,
-                          **{f"layer_weight/{k}": w for k, w in enumerate(weights)}}
-                trainer.logger.log_metrics(logged, step=step)
-            if verbose:
-                print(f"step {step:5d}  loss {row['train_loss'] or float('nan'):7.3f}  dev CER {cer:.3f}  "
-                      f"WER {wer:.3f}  output {out_share:.2f}" + ("  *" if improved else ""), flush=True)
-            if stop:
-                self.stopped_early = True
-                trainer.should_stop = True
-
-        def on_train_batch_end(self, trainer, lit, *_) -> None:
-            step = trainer.global_step
-            if step % cfg.eval_every == 0 or step >= cap:
-                self.evaluate(trainer, lit)
-
-    dev_cb = DevCER()
+    dev = DevCER(cfg, BlankAwareStopping(cfg.patience, cfg.blank_exit, cfg.min_delta), dev_set, dev_texts, verbose)
     sampler = BucketBatchSampler(train_set.lengths, cfg.batch_size, seed)
     if train_set._block is not None:
         loader = BlockBatches(train_set, sampler, training_device(cfg.accelerator))
@@ -186,22 +110,21 @@ def train(cfg: Finetune, train_set: FeatureDataset, dev_set: FeatureDataset,
     bf16 = use_bf16(cfg.precision, training_device(cfg.accelerator))
     trainer = pl.Trainer(
         accelerator=cfg.accelerator, devices=1, precision="bf16-mixed" if bf16 else "32-true",
-        max_steps=cap, max_epochs=-1, logger=logger or False,
-        callbacks=[dev_cb], enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+        max_steps=cfg.max_steps, max_epochs=-1, logger=logger or False,
+        callbacks=[dev], enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
         num_sanity_val_steps=0, limit_val_batches=0, gradient_clip_val=cfg.grad_clip,
         log_every_n_steps=max(1, min(10, len(sampler))))
-    lit = LitDownstream()
+    lit = LitDownstream(model, cfg, dev)
     start = time.time()
     trainer.fit(lit, loader)
     seconds = time.time() - start
     model = lit.model.cpu()
-    if dev_cb.best_state is not None:
-        model.load_state_dict(dev_cb.best_state)
+    if dev.best_state is not None:
+        model.load_state_dict(dev.best_state)
     model.eval()
-    steps = trainer.global_step
-    stopper = dev_cb.stopper
-    return TrainResult(model=model, steps=steps, max_steps=cap, best_step=stopper.best_step,
+    steps, stopper = trainer.global_step, dev.stopper
+    return TrainResult(model=model, steps=steps, max_steps=cfg.max_steps, best_step=stopper.best_step,
                        best_dev_cer=stopper.best, left_blank_step=stopper.left_blank_step,
-                       stopped_early=dev_cb.stopped_early, seconds=seconds,
-                       seconds_per_step=seconds / max(1, steps), history=dev_cb.history,
-                       layer_weights=model.layer_weights().detach().tolist(), non_finite_loss=dev_cb.non_finite)
+                       stopped_early=dev.stopped_early, seconds=seconds,
+                       seconds_per_step=seconds / max(1, steps), history=dev.history,
+                       layer_weights=model.layer_weights().detach().tolist(), non_finite_loss=dev.non_finite)

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import yaml
 
+from labelbudget import dvcapi
+
 
 @dataclass(frozen=True)
 class Stage:
@@ -66,10 +68,8 @@ class Dag:
 
 
 def _address(stage, root: Path) -> str:
-    from dvc.stage import PipelineStage
-
     relpath = os.path.relpath(stage.path, root)
-    if isinstance(stage, PipelineStage):
+    if dvcapi.is_pipeline_stage(stage):
         return stage.name if relpath == "dvc.yaml" else f"{relpath}:{stage.name}"
     return relpath  # a .dvc file
 
@@ -77,17 +77,15 @@ def _address(stage, root: Path) -> str:
 def load_dag(root: str | Path) -> Dag:
     """Read the DAG of the DVC project at `root` and decide which stages need running."""
     import networkx as nx
-    from dvc.repo import Repo, lock_repo
-    from dvc.repo.reproduce import get_active_graph
 
     root = Path(root).resolve()
-    repo = Repo(str(root))
+    repo = dvcapi.open_repo(root)
     try:
         # `changed()` reads DVC's state database: it must hold the repo lock, as `dvc repro` does.
-        with lock_repo(repo):
+        with dvcapi.repo_lock(repo):
             # Edges point from a stage to the stages it depends on; frozen stages are cut off from their
             # upstream, exactly as `dvc repro` does.
-            graph = get_active_graph(repo.index.graph).reverse(copy=True)
+            graph = dvcapi.active_graph(repo).reverse(copy=True)
             position = {stage: i for i, stage in enumerate(repo.index.stages)}
             ordered = list(nx.lexicographical_topological_sort(graph, key=lambda s: position.get(s, 0)))
             names = {stage: _address(stage, root) for stage in ordered}
@@ -116,8 +114,6 @@ def sort_lock(root: str | Path, order: list[str]) -> None:
     """Rewrite dvc.lock with its stages in DAG order. Concurrent `dvc repro -s` calls append entries in the
     order they finish; a fixed order keeps diffs of dvc.lock readable. DVC's own YAML round-trip keeps the
     formatting byte-identical to what DVC writes; the file is replaced atomically."""
-    from dvc.utils.serialize import dumps_yaml, parse_yaml_for_update
-
     from labelbudget.io import atomic_path
 
     lock = Path(root) / "dvc.lock"
@@ -130,7 +126,7 @@ def sort_lock(root: str | Path, order: list[str]) -> None:
     )
     if list(entries or {}) == sorted(entries or {}, key=lambda n: (rank.get(n, len(rank)), n)):
         return
-    data = parse_yaml_for_update(lock.read_text(), str(lock))
+    data = dvcapi.parse_yaml_for_update(lock.read_text(), str(lock))
     entries = data.get("stages") or {}
     items = [(n, entries[n]) for n in sorted(entries, key=lambda n: (rank.get(n, len(rank)), n))]
     for n, _ in items:
@@ -138,4 +134,4 @@ def sort_lock(root: str | Path, order: list[str]) -> None:
     for n, value in items:
         entries[n] = value
     with atomic_path(lock) as tmp:  # DVC's own dump writes in place: a kill midway would break dvc.lock
-        tmp.write_text(dumps_yaml(data))
+        tmp.write_text(dvcapi.dumps_yaml(data))

@@ -19,6 +19,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
+from labelbudget import dvcapi
 from labelbudget.errors import LabelbudgetError
 from labelbudget.io import atomic_path
 
@@ -40,25 +41,20 @@ class LockfileError(LabelbudgetError):
 @contextmanager
 def dvc_repo_lock(root: str | Path) -> Iterator[None]:
     """DVC's repo lock (.dvc/tmp/lock), waited for as `dvc --wait-for-lock` does. Not re-entrant."""
-    from dvc.lock import make_lock
-
     tmp = Path(root) / ".dvc" / "tmp"
     tmp.mkdir(parents=True, exist_ok=True)
-    with _threads, make_lock(str(tmp / "lock"), tmp_dir=str(tmp), wait=True):
+    with _threads, dvcapi.file_lock(tmp / "lock", tmp):
         yield
 
 
 def problem(text: str) -> str | None:
     """Why DVC would refuse this dvc.lock text (its own YAML parser and lockfile schema), or None."""
-    from dvc.schema import COMPILED_LOCKFILE_SCHEMA
-    from dvc.utils.serialize import parse_yaml
-
     try:
-        data = parse_yaml(text, LOCK)
+        data = dvcapi.parse_yaml(text, LOCK)
     except Exception as e:  # noqa: BLE001 - any parse failure means DVC cannot read it either
         return f"is not valid YAML ({' '.join(str(e).split())[:120]})"
     try:
-        COMPILED_LOCKFILE_SCHEMA(data or {})
+        dvcapi.check_lockfile(data or {})
     except Exception as e:  # noqa: BLE001 - voluptuous raises Invalid and its subclasses
         return f"fails DVC's lockfile schema ({' '.join(str(e).split())[:120]})"
     return None

@@ -11,10 +11,9 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from labelbudget.encoder import Encoder, EncoderConfig
+from labelbudget.encoder import FORMAT, Encoder, EncoderConfig
 from labelbudget.featstore import sha256_file
 from labelbudget.logmel import HOP, SAMPLE_RATE, LogMel, normalize
-from labelbudget.pretraining import FORMAT
 from labelbudget.upstreams.base import Upstream, UpstreamError
 
 if TYPE_CHECKING:
