@@ -28,10 +28,11 @@ ROOT = Path(__file__).resolve().parents[1]
 from toy_project import create_toy_project, write_params  # noqa: E402
 
 from labelbudget.orchestrate.dag import load_dag  # noqa: E402
+from labelbudget.orchestrate.failures import classify  # noqa: E402
 from labelbudget.orchestrate.flows import experiment, sweep  # noqa: E402
 from labelbudget.orchestrate.lockfile import DVC_REFUSED  # noqa: E402
 from labelbudget.orchestrate.publish import metrics_markdown  # noqa: E402
-from labelbudget.orchestrate.scheduler import UP_TO_DATE, classify  # noqa: E402
+from labelbudget.orchestrate.scheduler import UP_TO_DATE  # noqa: E402
 
 DVC = [sys.executable, "-m", "dvc"]
 # A Prefect server, DVC subprocesses and signals: the `slow` marker's definition (`make test-all` runs them).

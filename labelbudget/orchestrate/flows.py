@@ -23,17 +23,8 @@ from labelbudget.orchestrate import lockfile
 from labelbudget.orchestrate import remote as dvc_remote
 from labelbudget.orchestrate.dag import load_dag
 from labelbudget.orchestrate.publish import REPORT, publish
-from labelbudget.orchestrate.scheduler import (
-    BLOCKED,
-    CACHED,
-    FAILED,
-    GATES,
-    INTERRUPTED,
-    RAN,
-    run_dag,
-    stop_on_signals,
-    stopped_by,
-)
+from labelbudget.orchestrate.scheduler import BLOCKED, CACHED, FAILED, GATES, INTERRUPTED, RAN, run_dag
+from labelbudget.orchestrate.stopping import stop_on_signals, stopped_by
 
 
 class PipelineFailed(RuntimeError):

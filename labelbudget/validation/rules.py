@@ -1,35 +1,22 @@
-"""The data gate: Great Expectations suites over every manifest row plus checks of every audio file.
-
-Every file is decoded once (in a process pool) and what was measured becomes columns of one dataframe, a row
-per utterance of every part (sample rate, channels, frames, RMS level, clipped fraction, content hash, ...).
-Great Expectations then asserts the rules on those columns, so each failing rule comes back with the exact
-rows that broke it. Validation only reads: it never modifies, moves or deletes a file.
-"""
+"""The rules: manifest rows and file measurements as one dataframe, and the Great Expectations suites over it."""
 
 from __future__ import annotations
 
-import hashlib
 import json
-import multiprocessing as mp
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
-from tqdm import tqdm
 
-from labelbudget import audio
-from labelbudget.io import write_json, write_text
 from labelbudget.manifest import FIELDS, TEST_PREFIX, Corpus, inside
 from labelbudget.text import illegal_chars, normalize
 
 if TYPE_CHECKING:
     from labelbudget.schema import Validate
 
-CLIP_LEVEL = 0.999  # |sample| at or above this counts as clipped (full scale of 16-bit PCM is 0.99997)
-SILENT_DB = -240.0  # level reported for a file without samples
+from labelbudget.validation.probing import probe_files, shown
 
 
 @dataclass
@@ -41,62 +28,6 @@ class Rule:
     description: str
     expectations: list = field(default_factory=list)
     show: list[str] = field(default_factory=list)  # extra columns that explain an offending row
-
-
-def _shown(path: Any) -> str:
-    """Paths inside the project relative to it: the DVC-tracked report must not depend on the checkout's place."""
-    rel = os.path.relpath(os.path.abspath(path))
-    return os.path.abspath(path) if rel.startswith("..") else rel
-
-
-# --- per-file measurements ----------------------------------------------------------------------------------
-
-
-def probe_file(path: str) -> dict[str, Any]:
-    """Decode one file and measure what the rules need; a file that fails to decode is a result, not an
-    error."""
-    if not os.path.isfile(path):
-        return {"exists": False}
-    try:
-        wav, sr = audio.load(path)
-    except audio.AudioDecodeError as e:
-        return {"exists": True, "decodes": False, "error": str(e)}
-    samples = wav if wav.size else np.zeros(1, dtype=np.float32)
-    return {
-        "exists": True,
-        "decodes": True,
-        "error": "",
-        "file_sample_rate": sr,
-        "channels": 1 if wav.ndim == 1 else wav.shape[1],
-        "frames": wav.shape[0],
-        "rms_db": audio.rms_db(samples) if wav.size else SILENT_DB,
-        "clipped_fraction": float(np.mean(np.abs(samples) >= CLIP_LEVEL)),
-        # Hash of the decoded samples: the same audio re-encoded in another file or format still matches.
-        "audio_hash": hashlib.blake2b(np.ascontiguousarray(wav).tobytes(), digest_size=16).hexdigest(),
-    }
-
-
-def probe_files(paths: list[str], workers: int = 0, progress: bool = True) -> dict[str, dict[str, Any]]:
-    """`probe_file` over many files, in parallel; `workers=0` means one process per core."""
-    workers = max(1, min(workers or os.cpu_count() or 1, len(paths)))
-    bar = tqdm(total=len(paths), desc="decode audio", unit="file", disable=not progress)
-    out: dict[str, dict[str, Any]] = {}
-    with bar:
-        if workers == 1:
-            results = map(probe_file, paths)
-            for path, res in zip(paths, results, strict=True):
-                out[path] = res
-                bar.update()
-        else:
-            chunk = max(1, min(32, len(paths) // (workers * 8)))
-            with mp.get_context("fork").Pool(workers) as pool:
-                for path, res in zip(paths, pool.imap(probe_file, paths, chunksize=chunk), strict=True):
-                    out[path] = res
-                    bar.update()
-    return out
-
-
-# --- the dataframe ------------------------------------------------------------------------------------------
 
 
 def read_rows(corpus: Corpus) -> pd.DataFrame:
@@ -236,7 +167,7 @@ def build_rules(cfg: Validate, corpus: Corpus, test_text: list[str], allowed: se
              [gxe.ExpectColumnValuesToBeInSet(column="exists", value_set=[True])]),
         Rule("decodes", "audio", "every audio file decodes",
              [gxe.ExpectColumnValuesToBeInSet(column="decodes", value_set=[True])], show=["error"]),
-        Rule("path_inside_root", "audio", f"every audio path stays inside the corpus root {_shown(corpus.root)}",
+        Rule("path_inside_root", "audio", f"every audio path stays inside the corpus root {shown(corpus.root)}",
              [gxe.ExpectColumnValuesToBeInSet(column="inside_root", value_set=[True])], show=["audio"]),
         Rule("sample_rate", "audio", f"declared and actual sample rate are {sr} Hz",
              [gxe.ExpectColumnValuesToBeInSet(column="declared_sample_rate", value_set=[sr]),
@@ -302,137 +233,3 @@ def run_expectations(df: pd.DataFrame, rules: list[Rule]) -> list:
 
 
 # Numeric columns hold floats (NaN where not applicable); these are shown as integers in the report.
-INT_COLUMNS = {"declared_sample_rate", "file_sample_rate", "channels", "frames"}
-
-
-def _plain(v: Any, as_int: bool = False) -> Any:
-    """JSON-friendly scalar: numpy types unwrapped, NaN as null."""
-    if isinstance(v, np.generic):
-        v = v.item()
-    if isinstance(v, float) and v != v:
-        return None
-    return int(v) if as_int and isinstance(v, float) else v
-
-
-def _value(df: pd.DataFrame, i: int, column: str) -> Any:
-    return _plain(df.at[i, column], as_int=column in INT_COLUMNS)
-
-
-def _row(df: pd.DataFrame, i: int) -> dict[str, Any]:
-    return {"part": df.at[i, "part"], "line": _value(df, i, "line"), "id": _value(df, i, "id"),
-            "file": df.at[i, "file"], "values": {}}
-
-
-def _errors(info: dict | None) -> list[str]:
-    """Messages of expectations that raised; GX gives one flat dict, or one per metric that failed."""
-    if not info:
-        return []
-    infos = [info] if "raised_exception" in info else [v for v in info.values() if isinstance(v, dict)]
-    return list(dict.fromkeys(str(i.get("exception_message")) for i in infos if i.get("raised_exception")))
-
-
-def make_report(df: pd.DataFrame, rules: list[Rule], results: list, corpus: Corpus, cfg: Validate) -> dict:
-    by_rule: dict[str, dict] = {r.name: {"suite": r.suite, "description": r.description, "passed": True,
-                                         "count": 0, "rows": [], "errors": []} for r in rules}
-    offending: dict[str, dict[int, dict]] = {r.name: {} for r in rules}
-    show = {r.name: r.show for r in rules}
-    for res in results:
-        name = res.expectation_config.meta["rule"]
-        entry = by_rule[name]
-        entry["errors"].extend(_errors(res.exception_info))
-        if res.success:
-            continue
-        entry["passed"] = False
-        column = res.expectation_config.kwargs.get("column")
-        if "partial_missing_list" in res.result:  # the table-level parts check: missing parts are the rows
-            missing = set(res.result["partial_missing_list"])
-            for part in (p for p in corpus.parts if p in missing):
-                entry["rows"].append({"part": part, "line": None, "id": None,
-                                      "file": str(corpus.manifest_path(part)), "values": {"rows": 0}})
-            continue
-        for i in res.result.get("unexpected_index_list") or []:
-            row = offending[name].setdefault(i, _row(df, i))
-            for col in (column, *show[name]):
-                row["values"][col] = _value(df, i, col)
-    for name, rows in offending.items():
-        by_rule[name]["rows"].extend(rows[i] for i in sorted(rows))
-        by_rule[name]["count"] = len(by_rule[name]["rows"])
-    failed = [n for n, e in by_rule.items() if not e["passed"]]
-    return {
-        "passed": not failed,
-        "failed_rules": failed,
-        "corpus": _shown(corpus.dir),
-        "root": _shown(corpus.root),
-        "source": corpus.source,
-        "parts": {p: int((df["part"] == p).sum()) for p in corpus.parts},
-        "files": int(df["file"].nunique()),
-        "params": cfg.model_dump(),
-        "rules": by_rule,
-    }
-
-
-def _cell(v: Any) -> str:
-    return "" if v is None else str(v).replace("|", "\\|").replace("\n", " ")
-
-
-PAIR_COLUMNS = ("same_audio_in", "same_id_in")  # rules about rows shared between parts
-
-
-def _by_pair(rows: list[dict]) -> dict[str, list[dict]]:
-    """Offending rows grouped by the pair of parts they link (rarest first), or one group for other rules."""
-    groups: dict[str, list[dict]] = {}
-    for row in rows:
-        other = next((row["values"][c] for c in PAIR_COLUMNS if row["values"].get(c)), None)
-        keys = [" & ".join(sorted({row["part"], o})) for o in other.split(",")] if other else ["all"]
-        for key in dict.fromkeys(keys):
-            groups.setdefault(key, []).append(row)
-    return dict(sorted(groups.items(), key=lambda kv: len(kv[1])))
-
-
-def summary_markdown(report: dict, max_rows: int = 10) -> str:
-    verdict = "PASSED" if report["passed"] else f"FAILED ({len(report['failed_rules'])} rules)"
-    parts = ", ".join(f"{p} {n}" for p, n in report["parts"].items())
-    lines = [f"# Data validation: {verdict}", "",
-             f"Corpus `{report['corpus']}` ({report['source']}), audio root `{report['root']}`.",
-             f"Rows per part: {parts}; {report['files']} audio files.", "",
-             "| rule | suite | result | offending rows |", "|---|---|---|---|"]
-    for name, r in report["rules"].items():
-        lines.append(f"| {name} | {r['suite']} | {'pass' if r['passed'] else '**FAIL**'} | {r['count']} |")
-    for name in report["failed_rules"]:
-        r = report["rules"][name]
-        lines += ["", f"## {name}: {r['count']} offending rows", "", f"Rule: {r['description']}.", ""]
-        lines += [f"Error while checking: {e}" for e in r["errors"]]
-        groups = _by_pair(r["rows"])
-        if len(groups) > 1:  # one leak must not hide another: counts and rows per pair of parts
-            lines += ["By pair of parts: " + "; ".join(f"{g}: {len(rows)}" for g, rows in groups.items()), ""]
-        lines += ["| part | line | id | file | values |", "|---|---|---|---|---|"]
-        shown: set[int] = set()
-        for rows in groups.values():
-            for row in [x for x in rows if id(x) not in shown][:max_rows]:
-                values = ", ".join(f"{k}={v!r}" for k, v in row["values"].items())
-                cells = (row["part"], row["line"], row["id"], row["file"], values)
-                lines.append("| " + " | ".join(_cell(x) for x in cells) + " |")
-                shown.add(id(row))
-        if r["count"] > len(shown):
-            lines.append(f"\n... and {r['count'] - len(shown)} more rows in report.json")
-    return "\n".join(lines) + "\n"
-
-
-# --- entry points -------------------------------------------------------------------------------------------
-
-
-def validate_corpus(corpus: Corpus, cfg: Validate, progress: bool = True) -> dict:
-    """Run every rule over every part of `corpus` with the `validate` params `cfg`; return the report."""
-    allowed = allowed_pairs(cfg, corpus)
-    df = add_checks(read_rows(corpus), corpus, workers=cfg.workers, progress=progress, allowed=allowed)
-    rules = build_rules(cfg, corpus, sentences_of_tests(df), allowed)
-    return make_report(df, rules, run_expectations(df, rules), corpus, cfg)
-
-
-def write_report(report: dict, out_dir: str | Path, max_rows: int = 10) -> str:
-    """Write `report.json` and `summary.md` into `out_dir`; return the summary text."""
-    out_dir = Path(out_dir)
-    summary = summary_markdown(report, max_rows)
-    write_json(out_dir / "report.json", report)
-    write_text(out_dir / "summary.md", summary)
-    return summary
