@@ -247,11 +247,8 @@ def _sizes(profile: str | None) -> int:
 def _run(args: argparse.Namespace) -> int:
     import os
 
-    import yaml
-
-    from labelbudget.config import load_params, project_root
-    from labelbudget.schema import is_labelbudget
-    from labelbudget.upstreams.base import check_sources
+    from labelbudget.config import project_root
+    from labelbudget.upstreams.base import check_project, check_sources
 
     root = project_root()
     args.overrides = _overrides(root, args)
@@ -260,13 +257,7 @@ def _run(args: argparse.Namespace) -> int:
 
         profiles.write_params(root, args.profile, args.overrides, force=args.force,
                               check=lambda p: check_sources(root, p))
-    path = root / "params.yaml"
-    try:  # the flows drive any DVC project (the tests' toy one): only this pipeline's params are checked here
-        foreign = path.exists() and not is_labelbudget(yaml.safe_load(path.read_text()))
-    except yaml.YAMLError:
-        foreign = False  # load_params names what is wrong
-    if not foreign:
-        check_sources(root, load_params(path))  # the schema and the files it names, before any stage
+    check_project(root)  # the schema and the files it names, before any stage
     # Quiet, self-contained Prefect unless the user configured it: state in the project, no telemetry, and
     # room for the first start of the temporary server (it migrates its database).
     os.environ.setdefault("PREFECT_HOME", str(root / ".prefect"))
@@ -299,8 +290,7 @@ def _run(args: argparse.Namespace) -> int:
     ran = [name for name, outcome in result["stages"].items() if outcome != "up to date"]
     print(f"\n{len(result['stages'])} stages, {len(ran)} run by DVC, the rest up to date")
     if result["report"]:
-        print(f"Report: {result['report']}")
-        print(f"Metrics: {root / 'reports' / 'metrics.json'}  (also a Prefect artifact)")
+        print(f"Report: {result['report']}\nMetrics: {root / 'reports' / 'metrics.json'}  (also a Prefect artifact)")
     else:
         print("No report yet (reports/results.md is written by the `report` stage)")
     return 0

@@ -28,16 +28,12 @@ def read_ids(path: Path, what: str) -> list[str]:
     return [line.strip() for line in path.read_text().splitlines() if line.strip()]
 
 
-def finetune(key: RunKey, params: Params, features: Path, subsets: Path, corpus_dir: Path, out: Path) -> dict:
+def checked_inputs(key: RunKey, params: Params, features: Path, subsets: Path, corpus: Corpus) -> tuple:
+    """(labeled features, budget ids, dev ids, {test set: (features, rows)}): every input checked before any
+    training, each problem named."""
     from labelbudget import downstream as ds
-    from labelbudget import tracking
-    from labelbudget.metrics import check_weights, corpus_scores
+    from labelbudget.metrics import check_weights
 
-    cfg = params.finetune
-    corpus = Corpus.load(corpus_dir)
-    texts = {r["id"]: r["text"] for r in corpus.read(corpus.labeled)}
-
-    # --- every input checked before any training ---
     if not features.is_dir():
         raise ds.DownstreamInputError(f"upstream {key.upstream!r}: no features at {features}; run "
                                       f"`extract@{key.upstream}`")
@@ -57,8 +53,33 @@ def finetune(key: RunKey, params: Params, features: Path, subsets: Path, corpus_
     # Weights do not change training (so they are not a param of this stage), but a mismatch must stop the
     # pipeline before hours of training, not at evaluation.
     check_weights(params.evaluate.weights, corpus.tests)
-    layer = ds.layer_index(labeled, cfg.layer)
+    return labeled, train_ids, dev_ids, tests
 
+
+def run_summary(result, tests: dict, layer: int) -> dict[str, float]:
+    """The run's W&B summary: dev CER, steps, WER/CER per test set (the `evaluate` stage writes the full
+    evaluation) and the learned layer weights."""
+    from labelbudget import downstream as ds
+    from labelbudget.metrics import corpus_scores
+
+    summary = {"dev/best_cer": result.best_dev_cer, "steps": result.steps, "best_step": result.best_step}
+    for tname, (store, rows) in tests.items():
+        hyps = ds.transcribe(result.model, ds.FeatureDataset(store, [r["id"] for r in rows], layer=layer))
+        s = corpus_scores([r["text"] for r in rows], [hyps[r["id"]] for r in rows], tname)
+        summary[f"test/{tname}/wer"], summary[f"test/{tname}/cer"] = s["wer"], s["cer"]
+    summary.update({f"layer_weight/{k}": w for k, w in enumerate(result.layer_weights)})
+    return summary
+
+
+def finetune(key: RunKey, params: Params, features: Path, subsets: Path, corpus_dir: Path, out: Path) -> dict:
+    from labelbudget import downstream as ds
+    from labelbudget import tracking
+
+    cfg = params.finetune
+    corpus = Corpus.load(corpus_dir)
+    texts = {r["id"]: r["text"] for r in corpus.read(corpus.labeled)}
+    labeled, train_ids, dev_ids, tests = checked_inputs(key, params, features, subsets, corpus)
+    layer = ds.layer_index(labeled, cfg.layer)
     train_set = ds.FeatureDataset(labeled, train_ids, texts, layer, in_memory=True)
     dev_set = ds.FeatureDataset(labeled, dev_ids, texts, layer, in_memory=True)
     in_budget = set(train_ids)
@@ -69,15 +90,8 @@ def finetune(key: RunKey, params: Params, features: Path, subsets: Path, corpus_
     run = tracking.init_run(params.wandb, job_type="finetune", name=key.name,
                             config={**tracking.group_keys(params, key.upstream), **config})
     try:
-        logger = tracking.lightning_logger(run)
-        result = ds.train(cfg, train_set, dev_set, texts, key.seed, logger=logger)
-        # Per-test-set scores for the run's summary (the `evaluate` stage writes the full evaluation).
-        summary = {"dev/best_cer": result.best_dev_cer, "steps": result.steps, "best_step": result.best_step}
-        for tname, (store, rows) in tests.items():
-            hyps = ds.transcribe(result.model, ds.FeatureDataset(store, [r["id"] for r in rows], layer=layer))
-            s = corpus_scores([r["text"] for r in rows], [hyps[r["id"]] for r in rows], tname)
-            summary[f"test/{tname}/wer"], summary[f"test/{tname}/cer"] = s["wer"], s["cer"]
-        summary.update({f"layer_weight/{k}": w for k, w in enumerate(result.layer_weights)})
+        result = ds.train(cfg, train_set, dev_set, texts, key.seed, logger=tracking.lightning_logger(run))
+        summary = run_summary(result, tests, layer)
         tracking.set_summary(run, summary)
     finally:
         tracking.finish(run)

@@ -160,9 +160,23 @@ def _experiment(project: Path, concurrency: int, task_runner: str, targets: list
     for warning in lockfile.tidy(project, dag.order, finished, repairs_before=repairs):
         logger.warning("%s", warning)
     failed = [n for n, s in status.items() if s == FAILED]
-    blocked = [n for n, s in status.items() if s == BLOCKED]
     interrupted = [n for n, s in status.items() if s == INTERRUPTED]
     publish(project, status, timings, complete=not failed and not interrupted)
+    _raise_if_not_complete(dag, status, errors)
+
+    if remote_name:
+        dvc_remote.push(project, remote_name)
+        logger.info("pushed outputs to DVC remote %s", remote_name)
+
+    report = project / REPORT
+    return {"stages": status, "timings": timings, "report": str(report) if report.exists() else None}
+
+
+def _raise_if_not_complete(dag, status: dict[str, str], errors: dict[str, str]) -> None:
+    """One line for an interrupted run (how to resume) or a failed one (the first failure, or the gate)."""
+    failed = [n for n, s in status.items() if s == FAILED]
+    blocked = [n for n, s in status.items() if s == BLOCKED]
+    interrupted = [n for n, s in status.items() if s == INTERRUPTED]
     if interrupted:
         import signal
 
@@ -173,7 +187,6 @@ def _experiment(project: Path, concurrency: int, task_runner: str, targets: list
             f"interrupted{by}: {len(stopped)} running stage(s) stopped ({', '.join(stopped) or 'none'}), "
             f"{len(interrupted) - len(stopped)} not started{'; failed: ' + ', '.join(failed) if failed else ''}. "
             "Run again to resume: finished stages are kept", signum)
-
     if failed:
         gates = [n for n in failed if n.split("@")[0] in GATES]
         if gates:
@@ -186,13 +199,6 @@ def _experiment(project: Path, concurrency: int, task_runner: str, targets: list
         if blocked:
             msg += f"; {len(blocked)} downstream stage(s) not run"
         raise PipelineFailed(msg)
-
-    if remote_name:
-        dvc_remote.push(project, remote_name)
-        logger.info("pushed outputs to DVC remote %s", remote_name)
-
-    report = project / REPORT
-    return {"stages": status, "timings": timings, "report": str(report) if report.exists() else None}
 
 
 def _scheduled(dag, concurrency: int, retries: int, retry_delay_s: float, runner) -> dict[str, Any]:

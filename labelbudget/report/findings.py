@@ -52,78 +52,91 @@ def judge(diffs: Mapping[str, np.ndarray], ci: float) -> tuple[str, dict[str, li
 def findings(table: Mapping[str, Mapping[str, dict]], reps: Mapping[tuple[str, str], dict[str, np.ndarray]],
              cfg: ReportConfig, metric: str, health: Mapping[str, dict] | None = None) -> dict[str, dict]:
     """F0-F3 judged on paired bootstrap intervals of the judged weighted metric (see the module docstring)."""
-    budgets = [budget_name(b) for b in cfg.budgets_min]
-    small_b, large_b = budgets[0], budgets[-1]
-    health = health or {}
+    j = _Judge(table, reps, cfg, metric, health or {})
+    return {"F0": j.f0(), **j.f1_f2(), "F3": j.f3()}
 
-    def err(u: str, b: str) -> float:
-        return table[u][b]["weighted"][metric]
 
-    def r(u: str, b: str) -> np.ndarray:
-        return reps[(u, b)][metric]
+def _deg(x: np.ndarray, ref: np.ndarray) -> np.ndarray:
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return (x - ref) / ref
 
-    def deg(x: np.ndarray, ref: np.ndarray) -> np.ndarray:
-        with np.errstate(invalid="ignore", divide="ignore"):
-            return (x - ref) / ref
 
-    def finish(claim: str, involved: list[str], diffs: dict[str, np.ndarray], detail: str,
+def _skipped(claim: str, detail: str) -> dict:
+    return {"claim": claim, "verdict": "not evaluated", "detail": detail}
+
+
+class _Judge:
+    """The findings of one report: means from `table`, paired bootstrap replicates from `reps`."""
+
+    def __init__(self, table: Mapping, reps: Mapping, cfg: ReportConfig, metric: str, health: Mapping[str, dict]):
+        self.table, self.reps, self.cfg, self.metric, self.health = table, reps, cfg, metric, health
+        self.budgets = [budget_name(b) for b in cfg.budgets_min]
+        self.small_b, self.large_b = self.budgets[0], self.budgets[-1]
+        self.name, self.pct = metric.upper(), f"{cfg.ci:.0%}"
+
+    def err(self, u: str, b: str) -> float:
+        return self.table[u][b]["weighted"][self.metric]
+
+    def r(self, u: str, b: str) -> np.ndarray:
+        return self.reps[(u, b)][self.metric]
+
+    def finish(self, claim: str, involved: list[str], diffs: dict[str, np.ndarray], detail: str,
                numbers: dict) -> dict:
-        verdict, ivs = judge(diffs, cfg.ci)
-        why = {u: health[u]["problems"] for u in involved if health.get(u, {}).get("problems")}
+        verdict, ivs = judge(diffs, self.cfg.ci)
+        why = {u: self.health[u]["problems"] for u in involved if self.health.get(u, {}).get("problems")}
         if why:
             verdict = "invalid"
             detail = "; ".join(f"`{u}`: {', '.join(p)}" for u, p in why.items()) + f" (numbers: {detail})"
         return {"claim": claim, "verdict": verdict, "numbers": numbers,
                 "intervals": ivs, "detail": detail, "involves": involved}
 
-    def skipped(claim: str, detail: str) -> dict:
-        return {"claim": claim, "verdict": "not evaluated", "detail": detail}
-
-    name, pct = metric.upper(), f"{cfg.ci:.0%}"
-    out: dict[str, dict] = {}
-    ssl = [s for s in cfg.ssl_sizes if s in table]
-    claim = f"every SSL size beats the `{cfg.control}` control at every budget"
-    if cfg.control in table and ssl:
-        diffs = {f"{s}@{b}": r(s, b) - r(cfg.control, b) for s in ssl for b in budgets}
-        wins = sum(err(s, b) < err(cfg.control, b) for s in ssl for b in budgets)
-        numbers = {b: {u: round(err(u, b), 4) for u in [*ssl, cfg.control]} for b in budgets}
-        out["F0"] = finish(claim, [*ssl, cfg.control], diffs,
+    def f0(self) -> dict:
+        cfg, budgets = self.cfg, self.budgets
+        ssl = [s for s in cfg.ssl_sizes if s in self.table]
+        claim = f"every SSL size beats the `{cfg.control}` control at every budget"
+        if cfg.control not in self.table or not ssl:
+            return _skipped(claim, f"`{cfg.control}` or the SSL sizes are not among the upstreams")
+        diffs = {f"{s}@{b}": self.r(s, b) - self.r(cfg.control, b) for s in ssl for b in budgets}
+        wins = sum(self.err(s, b) < self.err(cfg.control, b) for s in ssl for b in budgets)
+        numbers = {b: {u: round(self.err(u, b), 4) for u in [*ssl, cfg.control]} for b in budgets}
+        return self.finish(claim, [*ssl, cfg.control], diffs,
                            f"{wins}/{len(diffs)} (size, budget) pairs beat the control on the means", numbers)
-    else:
-        out["F0"] = skipped(claim, f"`{cfg.control}` or the SSL sizes are not among the upstreams")
-    s, big = cfg.smaller, cfg.larger
-    if s in table and big in table:
+
+    def f1_f2(self) -> dict[str, dict]:
+        s, big, budgets = self.cfg.smaller, self.cfg.larger, self.budgets
+        if s not in self.table or big not in self.table:
+            return {f: _skipped(f"{big} vs {s}", f"`{s}`/`{big}` missing") for f in ("F1", "F2")}
+        err, r, small_b, large_b = self.err, self.r, self.small_b, self.large_b
         numbers = {b: {big: round(err(big, b), 4), s: round(err(s, b), 4)} for b in budgets}
         wins = sum(err(big, b) < err(s, b) for b in budgets)
-        out["F1"] = finish(f"`{big}` has a lower weighted {name} than `{s}` at every budget", [s, big],
-                           {b: r(big, b) - r(s, b) for b in budgets},
-                           f"better on the means at {wins}/{len(budgets)} budgets", numbers)
+        out = {"F1": self.finish(f"`{big}` has a lower weighted {self.name} than `{s}` at every budget", [s, big],
+                                 {b: r(big, b) - r(s, b) for b in budgets},
+                                 f"better on the means at {wins}/{len(budgets)} budgets", numbers)}
         claim = f"from {large_b} to {small_b} min, `{big}` degrades less than `{s}` (relative)"
         dl, dsm = (relative_degradation(err(u, small_b), err(u, large_b)) for u in (big, s))
         if dl is None or dsm is None:
-            out["F2"] = skipped(claim, "undefined: zero error at the largest budget")
-        else:
-            diff = deg(r(big, small_b), r(big, large_b)) - deg(r(s, small_b), r(s, large_b))
-            lo, hi = M.interval(diff, cfg.ci)
-            out["F2"] = finish(claim, [s, big], {"degradation difference": diff},
-                               f"{big} {dl:+.1%} vs {s} {dsm:+.1%}; difference {dl - dsm:+.1%} "
-                               f"[{pct} interval {lo:+.1%}, {hi:+.1%}]",
-                               {big: round(dl, 4), s: round(dsm, 4)})
-    else:
-        for f in ("F1", "F2"):
-            out[f] = skipped(f"{big} vs {s}", f"`{s}`/`{big}` missing")
-    if big in table and cfg.baseline in table:
-        fb, lg = err(cfg.baseline, small_b), err(big, small_b)
+            out["F2"] = _skipped(claim, "undefined: zero error at the largest budget")
+            return out
+        diff = _deg(r(big, small_b), r(big, large_b)) - _deg(r(s, small_b), r(s, large_b))
+        lo, hi = M.interval(diff, self.cfg.ci)
+        out["F2"] = self.finish(claim, [s, big], {"degradation difference": diff},
+                                f"{big} {dl:+.1%} vs {s} {dsm:+.1%}; difference {dl - dsm:+.1%} "
+                                f"[{self.pct} interval {lo:+.1%}, {hi:+.1%}]",
+                                {big: round(dl, 4), s: round(dsm, 4)})
+        return out
+
+    def f3(self) -> dict:
+        cfg, big, small_b = self.cfg, self.cfg.larger, self.small_b
+        if big not in self.table or cfg.baseline not in self.table:
+            return _skipped(f"{big} vs {cfg.baseline}", f"`{big}` or `{cfg.baseline}` missing")
+        fb, lg = self.err(cfg.baseline, small_b), self.err(big, small_b)
         gain = (fb - lg) / fb if fb > 0 else 0.0
-        rf = r(cfg.baseline, small_b)
+        rf = self.r(cfg.baseline, small_b)
         with np.errstate(invalid="ignore", divide="ignore"):
-            gains = (rf - r(big, small_b)) / rf
+            gains = (rf - self.r(big, small_b)) / rf
         lo, hi = M.interval(gains, cfg.ci)
-        out["F3"] = finish(f"at {small_b} min, `{big}` beats `{cfg.baseline}` by >= {cfg.f3_margin:.0%} "
-                                 "relative", [big, cfg.baseline], {"margin - gain": cfg.f3_margin - gains},
+        return self.finish(f"at {small_b} min, `{big}` beats `{cfg.baseline}` by >= {cfg.f3_margin:.0%} "
+                           "relative", [big, cfg.baseline], {"margin - gain": cfg.f3_margin - gains},
                            f"{big} {lg:.3f} vs {cfg.baseline} {fb:.3f}: {gain:+.1%} relative "
-                           f"[{pct} interval {lo:+.1%}, {hi:+.1%}]",
+                           f"[{self.pct} interval {lo:+.1%}, {hi:+.1%}]",
                            {big: round(lg, 4), cfg.baseline: round(fb, 4), "relative_gain": round(gain, 4)})
-    else:
-        out["F3"] = skipped(f"{big} vs {cfg.baseline}", f"`{big}` or `{cfg.baseline}` missing")
-    return out

@@ -92,3 +92,21 @@ def check_sources(root: Path, params: Params) -> None:
     if missing:
         raise UpstreamError(f"{', '.join(missing)}: not found under {root} and no stage writes it; point it at "
                             "an existing file or folder (models/pretrain/<size>/model.pt is the pretrain stage's)")
+
+
+def check_project(root: Path) -> None:
+    """Before a run: params.yaml against the schema and the upstream sources it names (a file no stage writes
+    would stop its extract stage after the run started). The flows drive any DVC project (the tests' toy one):
+    only this pipeline's params are checked."""
+    import yaml
+
+    from labelbudget.config import PARAMS, load_params
+    from labelbudget.schema import is_labelbudget
+
+    path = root / PARAMS
+    try:
+        foreign = path.exists() and not is_labelbudget(yaml.safe_load(path.read_text()))
+    except yaml.YAMLError:
+        foreign = False  # load_params names what is wrong
+    if not foreign:
+        check_sources(root, load_params(path))

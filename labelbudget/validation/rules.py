@@ -144,15 +144,22 @@ def sentences_of_tests(df: pd.DataFrame) -> list[str]:
 
 def build_rules(cfg: Validate, corpus: Corpus, test_text: list[str], allowed: set[frozenset[str]] = frozenset()
                 ) -> list[Rule]:
+    """Every rule of the gate, each expectation tagged with its rule's name (the report groups by it)."""
+    rules = [*_manifest_rules(corpus, allowed), *_audio_rules(cfg, corpus), *_text_rules(corpus, test_text, allowed)]
+    for rule in rules:
+        for e in rule.expectations:
+            e.meta = {"rule": rule.name}
+    return rules
+
+
+def _manifest_rules(corpus: Corpus, allowed: set[frozenset[str]]) -> list[Rule]:
     import great_expectations.expectations as gxe
 
     def types(f: str) -> list[str]:
         t = FIELDS[f]
         return [x.__name__ for x in (t if isinstance(t, tuple) else (t,))]
 
-    sr, lo, hi = cfg.sample_rate, cfg.min_duration, cfg.max_duration
-    tol, silence_db, max_clipped = cfg.duration_tolerance, cfg.silence_db, cfg.max_clipped_fraction
-    rules = [
+    return [
         Rule("schema", "manifest", "every row has the manifest fields with their types "
              "(duration a number, sample_rate an integer, the others strings)",
              [gxe.ExpectColumnValuesToBeInSet(column=f"type_of_{f}", value_set=types(f)) for f in FIELDS]),
@@ -163,6 +170,15 @@ def build_rules(cfg: Validate, corpus: Corpus, test_text: list[str], allowed: se
              [gxe.ExpectColumnValuesToBeInSet(column="same_id_in", value_set=[""])]),
         Rule("parts_not_empty", "manifest", f"every part has rows: {', '.join(corpus.parts)}",
              [gxe.ExpectColumnDistinctValuesToContainSet(column="part", value_set=corpus.parts)]),
+    ]
+
+
+def _audio_rules(cfg: Validate, corpus: Corpus) -> list[Rule]:
+    import great_expectations.expectations as gxe
+
+    sr, lo, hi = cfg.sample_rate, cfg.min_duration, cfg.max_duration
+    tol, silence_db, max_clipped = cfg.duration_tolerance, cfg.silence_db, cfg.max_clipped_fraction
+    return [
         Rule("file_exists", "audio", "every audio file exists",
              [gxe.ExpectColumnValuesToBeInSet(column="exists", value_set=[True])]),
         Rule("decodes", "audio", "every audio file decodes",
@@ -184,6 +200,14 @@ def build_rules(cfg: Validate, corpus: Corpus, test_text: list[str], allowed: se
              [gxe.ExpectColumnValuesToBeBetween(column="rms_db", min_value=silence_db, strict_min=True)]),
         Rule("not_clipped", "audio", f"at most {max_clipped:.2%} of samples at full scale",
              [gxe.ExpectColumnValuesToBeBetween(column="clipped_fraction", max_value=max_clipped)]),
+    ]
+
+
+def _text_rules(corpus: Corpus, test_text: list[str], allowed: set[frozenset[str]]) -> list[Rule]:
+    """Transcripts, and leakage between parts (test sentences, audio, held-out speakers)."""
+    import great_expectations.expectations as gxe
+
+    return [
         Rule("transcript_not_empty", "transcripts",
              "labeled and test transcripts are not empty once normalized",
              [gxe.ExpectColumnValueLengthsToBeBetween(column="norm_text", min_value=1)], show=["text"]),
@@ -203,10 +227,6 @@ def build_rules(cfg: Validate, corpus: Corpus, test_text: list[str], allowed: se
              [gxe.ExpectColumnValuesToNotBeInSet(column="labeled_speaker",
                                                   value_set=list(corpus.held_out_speakers))]),
     ]
-    for rule in rules:
-        for e in rule.expectations:
-            e.meta = {"rule": rule.name}
-    return rules
 
 
 def run_expectations(df: pd.DataFrame, rules: list[Rule]) -> list:
