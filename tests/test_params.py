@@ -30,3 +30,16 @@ def test_reads_are_recorded_by_their_dotted_keys():
     assert seen == {"pretrain.lr", "validate.sample_rate", "upstreams.random.size", "models.large", "toplines"}
     p.seed  # noqa: B018 - nothing is recorded once the audit is off
     assert "seed" not in seen
+
+
+def test_a_section_that_is_not_part_of_the_params_records_nothing():
+    from labelbudget.schema import Finetune
+
+    checkpoint_config = Finetune.model_validate(params().finetune.model_dump())  # as a checkpoint restores it
+    seen: set[str] = set()
+    record_reads(seen)
+    try:
+        assert checkpoint_config.hidden > 0
+    finally:
+        record_reads(None)
+    assert seen == set()

@@ -171,7 +171,8 @@ def test_every_param_a_stage_declares_is_read_by_it(smoke_project):
         declared.setdefault(group, set()).update(k for k in keys if "@" not in stage.name or not k.startswith(
             ("models.", "upstreams.", "toplines.")))  # per-instance keys: checked by the instance below
         read.setdefault(group, set()).update(r["keys"])
-        for k in keys & {f"models.{stage.name.split('@')[1]}", f"upstreams.{stage.name.split('@')[-1]}"}:
+        instance = stage.name.split("@")[-1]
+        for k in keys & {f"models.{instance}", f"upstreams.{instance}"}:
             assert any(x == k or x.startswith(k + ".") for x in r["keys"]), f"{stage.name} declares {k}, reads none"
     for group, keys in declared.items():
         unread = sorted(k for k in keys if not any(x == k or x.startswith(k + ".") for x in read[group]))

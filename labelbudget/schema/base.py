@@ -67,7 +67,7 @@ class Section(BaseModel):
     """A frozen params section that knows its dotted key (for the read audit and error messages)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
-    _key: str = PrivateAttr("")
+    _key: str | None = PrivateAttr(None)  # None: not part of loaded params (a checkpoint's config), never recorded
 
     def _place(self, key: str) -> None:
         self._key = key
@@ -85,8 +85,10 @@ class Section(BaseModel):
         value = BaseModel.__getattribute__(self, name)
         if _SEEN is None or name.startswith("_") or name not in type(self).model_fields:
             return value
-        field = type(self).model_fields[name]
         key = self._dotted()
+        if key is None:
+            return value
+        field = type(self).model_fields[name]
         path = f"{key}.{field.alias or name}" if key else (field.alias or name)
         if isinstance(value, dict):
             return _Reads(value, path)
@@ -95,13 +97,13 @@ class Section(BaseModel):
         return value
 
     def model_dump(self, **kwargs: Any) -> dict[str, Any]:
-        if _SEEN is not None:
+        if _SEEN is not None and self._dotted() is not None:
             _SEEN.add(self._dotted() or "*")
         return super().model_dump(**kwargs)
 
-    def _dotted(self) -> str:
+    def _dotted(self) -> str | None:
         # private attributes live in __pydantic_private__, beside the fields (plain attribute lookup misses them)
-        return (object.__getattribute__(self, "__pydantic_private__") or {}).get("_key", "")
+        return (object.__getattribute__(self, "__pydantic_private__") or {}).get("_key")
 
 
 def _unique(values: list) -> list:
