@@ -155,18 +155,20 @@ def value(v: Any) -> str:
     return yaml.safe_dump(v, default_flow_style=True, width=10**6).strip().removesuffix("...").strip()
 
 
-def size_overrides(params: dict, sizes: list[str]) -> list[str]:
-    """Overrides that pre-train exactly `sizes` and keep one `ssl` upstream per size (added or dropped)."""
-    out = [f"ssl_sizes={value(list(sizes))}"]
-    if "upstreams" not in params:
-        return out
-    ups, toplines = params["upstreams"] or {}, params.get("toplines") or {}
-    dropped = {n for n, s in ups.items()
-               if s.get("kind") == "ssl" and n not in toplines and s.get("size", n) not in sizes}
-    out += [f"~upstreams.{n}" for n in dropped]
+def size_overrides(composed: dict, sizes: list[str]) -> list[str]:
+    """Overrides that pre-train exactly `sizes` and keep one `ssl` upstream per size (added or dropped); for
+    another pipeline's params (the tests' toy project), `ssl_sizes` alone."""
+    if not is_labelbudget(composed):
+        return [f"ssl_sizes={value(list(sizes))}"]
+    params = parse_params(composed, where="composed params")
+    ups, toplines = params.upstreams, params.toplines
+    dropped = {n for n, s in ups.items() if s.kind == "ssl" and n not in toplines and (s.size or n) not in sizes}
+    out = [f"ssl_sizes={value(list(sizes))}", *(f"~upstreams.{n}" for n in sorted(dropped))]
     out += [f"+upstreams.{n}={value({'kind': 'ssl', 'source': f'models/pretrain/{n}/model.pt'})}"
             for n in sizes if n not in ups]
-    out += [f"report.{role}=null" for role, name in (params.get("report") or {}).items() if name in dropped]
+    roles = {"smaller": params.report.smaller, "larger": params.report.larger, "baseline": params.report.baseline,
+             "control": params.report.control}
+    out += [f"report.{role}=null" for role, name in roles.items() if name in dropped]
     return out
 
 
