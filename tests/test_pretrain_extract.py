@@ -11,13 +11,13 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from defaults import raw
 from lightning.pytorch.callbacks import Callback
 
 from labelbudget import batching, upstreams
 from labelbudget.extraction import NonFiniteFeaturesError, extract_part, resolve_layers
 from labelbudget.featstore import FeatureStore
 from labelbudget.pretraining import pretrain
-from labelbudget.profiles import compose_plain
 from labelbudget.schema import Params, parse_params
 from labelbudget.ssl import NonFiniteLossError
 from labelbudget.upstreams.ssl import CheckpointError
@@ -26,11 +26,8 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def raw_params(**pretrain_overrides) -> dict:
-    p = compose_plain(REPO, "smoke")
-    p["wandb"]["mode"] = "disabled"
-    p["pretrain"].update({"max_steps": 6, "checkpoint_every": 2, "warmup_steps": 2, "batch_seconds": 6},
-                         **pretrain_overrides)
-    return p
+    return raw(wandb={"mode": "disabled"}, pretrain={"max_steps": 6, "checkpoint_every": 2, "warmup_steps": 2,
+                                                    "batch_seconds": 6, **pretrain_overrides})
 
 
 def params(**pretrain_overrides) -> Params:

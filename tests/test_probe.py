@@ -4,26 +4,20 @@ alignments, and as a pretraining monitor it logs without changing what is traine
 from __future__ import annotations
 
 import csv
-from pathlib import Path
 
 import pytest
 import torch
+from defaults import params
 
 from labelbudget.extraction import extract_upstream
 from labelbudget.io import read_json
 from labelbudget.pretraining import pretrain
 from labelbudget.probe import PretrainingProbe, probe_upstream, select
-from labelbudget.profiles import compose_plain
-from labelbudget.schema import Params, parse_params
-
-REPO = Path(__file__).resolve().parent.parent
+from labelbudget.schema import Params
 
 
 def smoke_params(**pretrain: object) -> Params:
-    p = compose_plain(REPO, "smoke")
-    p["wandb"]["mode"] = "disabled"
-    p["pretrain"].update(pretrain)
-    return parse_params(p)
+    return params(wandb={"mode": "disabled"}, pretrain=pretrain)
 
 
 def test_probe_on_fbank_beats_the_majority_class_clearly(synth_corpus, tmp_path):
