@@ -28,10 +28,9 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def variant_folder(workspace: Path, folder: Path, sets: list[str], grid: argparse.Namespace) -> dict:
-    """`folder` with the workspace's params changed by `sets` (finetune keys) and restricted to the study's
-    grid (so the report judges what ran), and links to what the stages read."""
-    params = yaml.safe_load((workspace / "params.yaml").read_text())
-    params["upstreams"] = {k: v for k, v in params["upstreams"].items() if k in grid.upstreams}
+    """`folder` with the workspace's params changed by `sets` (finetune keys) and the study's budgets and seeds
+    (the report judges what ran, when every upstream ran), and links to what the stages read."""
+    params = yaml.safe_load((grid.params or workspace / "params.yaml").read_text())
     params["subsets"]["budgets_min"] = [float(b) if "." in b else int(b) for b in grid.budgets]
     params["subsets"]["seeds"] = [int(s) for s in grid.seeds]
     for kv in sets:
@@ -74,6 +73,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--workspace", type=Path, required=True, help="a workspace whose features are extracted")
     ap.add_argument("--name", required=True, help="the variant's name (its folder under --out)")
+    ap.add_argument("--params", type=Path, help="params to start from (default: the workspace's); e.g. "
+                    "`labelbudget profile calibration` output when the workspace predates a schema change")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a `finetune` param")
     ap.add_argument("--upstreams", nargs="+", default=["topline", "random", "small", "large", "fbank"])
     ap.add_argument("--budgets", nargs="+", default=["2", "6", "20", "60"])
