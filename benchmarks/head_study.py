@@ -7,8 +7,9 @@ folder (`--out`/<name>) that holds its params.yaml and links to the workspace's 
     python benchmarks/head_study.py --workspace ../calib --name fr12 --upstreams topline random --seeds 0
 
 Prints, per run, weighted CER, best dev CER, steps and training seconds beside the workspace's own run of the
-same key (the baseline head), and writes `<out>/<name>/study.json`. Two runs at a time, one thread each (as the
-flow runs them on 2 cores). Results: benchmarks/results/sensitivity.md.
+same key (the baseline head), and writes `<out>/<name>/study.json`. The commands are dvc.yaml's, expanded as
+benchmarks/run_stages.py does; two runs at a time, one thread each (as the flow runs them on 2 cores).
+Results: benchmarks/results/sensitivity.md.
 """
 
 from __future__ import annotations
@@ -23,6 +24,10 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import yaml
+from run_stages import expand
+
+from labelbudget.io import read_json
+from labelbudget.runs import RunKey
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -38,33 +43,38 @@ def variant_folder(workspace: Path, folder: Path, sets: list[str], grid: argpars
         if key not in params["finetune"]:
             sys.exit(f"--set {kv}: {key!r} is not a key of params `finetune`")
         params["finetune"][key] = yaml.safe_load(value)
-    (folder / "data").mkdir(parents=True, exist_ok=True)
-    (folder / "models").mkdir(exist_ok=True)
-    for link, target in (("data/features", "data/features"), ("data/subsets", "data/subsets"),
-                         ("data/corpus", "data/corpus"), ("models/pretrain", "models/pretrain"),
-                         ("probe", "results/probe")):
+    for link in ("data/features", "data/subsets", "data/corpus", "models/pretrain", "results/probe"):
+        (folder / link).parent.mkdir(parents=True, exist_ok=True)
         if not (folder / link).is_symlink():
-            (folder / link).symlink_to((workspace / target).resolve())
+            (folder / link).symlink_to((workspace / link).resolve())
     (folder / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    return params["finetune"]
+    return params
 
 
-def run_one(folder: Path, run: str) -> dict:
-    upstream, budget, seed = run.rsplit("-", 2)
+def stage_commands(params: dict) -> dict[str, str]:
+    """dvc.yaml's commands for these params (the repo's stage scripts, run from the variant's folder)."""
+    stages = expand(yaml.safe_load((REPO / "dvc.yaml").read_text()), params)
+    return {name: cmd.replace("python stages/", f"{sys.executable} {REPO}/stages/", 1) for name, cmd in stages}
+
+
+def run(folder: Path, cmd: str, log: Path) -> int:
     env = {**os.environ, "LABELBUDGET_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
            "WANDB_MODE": os.environ.get("WANDB_MODE", "offline")}
+    with open(log, "a") as out:
+        return subprocess.run(cmd, shell=True, cwd=folder, env=env, stdout=out, stderr=subprocess.STDOUT).returncode
+
+
+def run_one(folder: Path, commands: dict[str, str], key: RunKey) -> dict:
     start = time.time()
-    with open(folder / f"log-{run}.txt", "w") as log:
-        for cmd in ([sys.executable, str(REPO / "stages/finetune.py"), upstream, budget, seed,
-                     "--out", f"finetune/{run}"],
-                    [sys.executable, str(REPO / "stages/evaluate.py"), "--model", f"finetune/{run}",
-                     "--features", f"data/features/{upstream}", "--out", f"eval/{run}"]):
-            subprocess.run(cmd, cwd=folder, env=env, stdout=log, stderr=subprocess.STDOUT, check=True)
-    return {"run": run, "wall_s": round(time.time() - start, 1), **scores(folder / "eval" / run)}
+    for stage in ("finetune", "evaluate"):
+        if run(folder, commands[f"{stage}@{key.name}"], folder / f"log-{key.name}.txt"):
+            sys.exit(f"{stage}@{key.name} failed: {folder}/log-{key.name}.txt")
+    return {"run": key.name, "wall_s": round(time.time() - start, 1),
+            **scores(folder / "results/eval" / key.name)}
 
 
 def scores(eval_dir: Path) -> dict:
-    m = json.loads((eval_dir / "metrics.json").read_text())
+    m = read_json(eval_dir / "metrics.json")
     return {"cer": m["weighted"]["cer"], "dev_cer": round(m["best_dev_cer"], 4), "steps": m["steps"],
             "train_s": round(m["train_seconds"], 1)}
 
@@ -82,18 +92,16 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path("head_study"))
     args = ap.parse_args()
     folder = (args.out / args.name).resolve()
-    finetune = variant_folder(args.workspace, folder, args.set, args)
-    runs = [f"{u}-{b}-{s}" for u in args.upstreams for b in args.budgets for s in args.seeds]
+    params = variant_folder(args.workspace, folder, args.set, args)
+    commands = stage_commands(params)
+    keys = [RunKey.of(u, b, s) for u in args.upstreams for b in args.budgets for s in args.seeds]
     with ThreadPoolExecutor(2) as pool:
-        rows = list(pool.map(lambda r: run_one(folder, r), runs))
-    report = subprocess.run([sys.executable, str(REPO / "stages/report.py"), "--eval", "eval", "--pretrain",
-                             "models/pretrain", "--probe", "probe", "--out", "reports"], cwd=folder,
-                            capture_output=True, text=True)
+        rows = list(pool.map(lambda k: run_one(folder, commands, k), keys))
     comparisons = {}
-    if report.returncode != 0:
-        print(f"report: {report.stderr.strip().splitlines()[-1:]}")
+    if run(folder, commands["report"], folder / "log-report.txt"):
+        print(f"report: not written (every upstream's runs needed): {folder}/log-report.txt")
     else:
-        comparisons = json.loads((folder / "reports/metrics.json").read_text()).get("comparisons", {})
+        comparisons = read_json(folder / "reports/metrics.json").get("comparisons", {})
     print(f"{'run':16} {'baseline cer dev steps s':28} {args.name}")
     for row in rows:
         base = args.workspace / "results/eval" / row["run"]
@@ -102,7 +110,8 @@ def main() -> None:
         print(f"{row['run']:16} {fmt.format(**b) if b else '-':28} {fmt.format(**row)}")
     for pair, verdicts in comparisons.items():
         print(f"{pair:20} {verdicts}")
-    out = {"name": args.name, "set": args.set, "finetune": finetune, "runs": rows, "comparisons": comparisons}
+    out = {"name": args.name, "set": args.set, "finetune": params["finetune"], "runs": rows,
+           "comparisons": comparisons}
     (folder / "study.json").write_text(json.dumps(out, indent=1))
 
 
