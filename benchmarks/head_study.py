@@ -15,7 +15,6 @@ Results: benchmarks/results/sensitivity.md.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys
@@ -26,7 +25,7 @@ from pathlib import Path
 import yaml
 from run_stages import expand
 
-from labelbudget.io import read_json
+from labelbudget.io import read_json, write_json
 from labelbudget.runs import RunKey
 
 REPO = Path(__file__).resolve().parent.parent
@@ -112,7 +111,7 @@ def main() -> None:
         print(f"{pair:20} {verdicts}")
     out = {"name": args.name, "set": args.set, "finetune": params["finetune"], "runs": rows,
            "comparisons": comparisons}
-    (folder / "study.json").write_text(json.dumps(out, indent=1))
+    write_json(folder / "study.json", out)
 
 
 if __name__ == "__main__":
