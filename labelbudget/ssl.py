@@ -184,10 +184,24 @@ class SSLModule(L.LightningModule):
         self.contrast = nn.Linear(cfg.dim, cfg.dim) if self.infonce_weight > 0 else None
         self._t0 = time.time()
 
+    def param_groups(self) -> list[dict]:
+        """Trained weights (not a frozen teacher's) in three groups: the rest (heads, `lr`), the front end
+        (`frontend_lr_scale`) and the Transformer layers (`transformer_lr_scale`). The front end, whose output is
+        the best-probing layer at this scale, learns more at a higher rate; the layers above it fall at one."""
+        p, enc = self.p, self.encoder
+        front = {id(w) for m in (enc.subsample, enc.pos_conv) for w in m.parameters()}
+        body = {id(w) for m in (enc.layers, enc.final_norm) for w in m.parameters()}
+        groups = [{"params": [], "lr": p.lr}, {"params": [], "lr": p.lr * p.frontend_lr_scale},
+                  {"params": [], "lr": p.lr * p.transformer_lr_scale}]
+        for w in self.parameters():
+            if w.requires_grad:
+                groups[1 if id(w) in front else 2 if id(w) in body else 0]["params"].append(w)
+        return [g for g in groups if g["params"]]
+
     def configure_optimizers(self):
         p = self.p
-        trained = [w for w in self.parameters() if w.requires_grad]  # not a frozen teacher's
-        opt = torch.optim.AdamW(trained, lr=p.lr, weight_decay=p.weight_decay, betas=(0.9, 0.98), fused=self.fused)
+        opt = torch.optim.AdamW(self.param_groups(), lr=p.lr, weight_decay=p.weight_decay, betas=(0.9, 0.98),
+                                fused=self.fused)
         warm, total = max(1, p.warmup_steps), max(p.max_steps, p.warmup_steps + 1)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: lr_at(step, warm, total))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}

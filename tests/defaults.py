@@ -53,7 +53,8 @@ def ingest(source: str, cfg: dict, out: Path) -> Any:
 
 # Every pretraining recipe option at its off value: a test turns on the one it checks.
 PLAIN_RECIPE = {"objective": "bestrq", "kmeans_layer": None, "reconstruction_weight": 0.0, "clean_targets": False,
-                "input_corruption": 0.0, "head_layers": 0, "unmasked_weight": 0.0, "infonce_weight": 0.0}
+                "input_corruption": 0.0, "head_layers": 0, "unmasked_weight": 0.0, "infonce_weight": 0.0,
+                "frontend_lr_scale": 1.0, "transformer_lr_scale": 1.0}
 
 
 def plain_pretrain(**overrides: Any) -> Any:

@@ -47,6 +47,41 @@ def test_projection_and_codebook_unchanged_by_an_optimizer_step():
         assert torch.equal(v, before[k]), k
 
 
+def _adamw_steps(module, groups, steps: int = 3) -> dict[str, torch.Tensor]:
+    """The module's weights after `steps` AdamW updates on the SSL loss, the optimizer built on `groups`."""
+    torch.manual_seed(0)
+    wav, lengths = torch.randn(2, 16000) * 0.1, torch.tensor([16000, 12000])
+    opt = torch.optim.AdamW(groups, lr=P.lr, weight_decay=P.weight_decay, betas=(0.9, 0.98))
+    for step in range(steps):
+        opt.zero_grad()
+        module.ssl_loss(wav, lengths, step=step)[0].backward()
+        opt.step()
+    return {k: v.detach().clone() for k, v in module.named_parameters()}
+
+
+def test_the_front_end_and_the_transformer_layers_learn_at_their_scaled_rates_and_nothing_changes_at_1():
+    scaled = make_ssl_module(CFG, P.model_copy(update={"frontend_lr_scale": 2.0, "transformer_lr_scale": 0.5}),
+                             seed=0)
+    rate = {id(w): g["lr"] for g in scaled.param_groups() for w in g["params"]}
+    names = dict(scaled.named_parameters())
+    assert {rate[id(w)] for k, w in names.items() if k.startswith(("encoder.subsample", "encoder.pos_conv"))} == {
+        2e-3}
+    assert {rate[id(w)] for k, w in names.items() if k.startswith(("encoder.layers", "encoder.final_norm"))} == {
+        5e-4}
+    assert {rate[id(w)] for k, w in names.items() if not k.startswith("encoder.")} == {1e-3}  # heads
+    assert len(rate) == len(names)  # every trained weight in exactly one group
+    torch.manual_seed(0)
+    one = make_ssl_module(CFG, P, seed=0)
+    start = one.encoder.subsample.conv[0].weight.detach().clone()
+    grouped = _adamw_steps(one, one.param_groups())
+    torch.manual_seed(0)
+    plain = make_ssl_module(CFG, P, seed=0)
+    single = _adamw_steps(plain, [w for w in plain.parameters() if w.requires_grad])
+    for k, w in single.items():  # at scale 1 the groups train exactly as one optimizer over every weight
+        assert torch.equal(w, grouped[k]), k
+    assert not torch.equal(single["encoder.subsample.conv.0.weight"], start)  # training happened
+
+
 def test_a_never_trained_teacher_gives_its_layers_kmeans_ids_and_stays_frozen_through_training():
     import lightning as L
 

@@ -148,6 +148,8 @@ class Pretrain(Section):
     max_minutes: Positive
     batch_seconds: Positive
     lr: Positive
+    frontend_lr_scale: Positive  # the front end's rate (subsampling convs, positional conv) as a multiple of lr
+    transformer_lr_scale: Positive  # the Transformer layers' rate as a multiple of lr
     warmup_steps: NonNegativeInt
     weight_decay: NonNegative
     grad_clip: Positive
