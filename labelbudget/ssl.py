@@ -185,9 +185,10 @@ class SSLModule(L.LightningModule):
         self._t0 = time.time()
 
     def param_groups(self) -> list[dict]:
-        """Trained weights (not a frozen teacher's) in three groups: the rest (heads, `lr`), the front end
-        (`frontend_lr_scale`) and the Transformer layers (`transformer_lr_scale`). The front end, whose output is
-        the best-probing layer at this scale, learns more at a higher rate; the layers above it fall at one."""
+        """Trained weights (not a frozen teacher's) in three groups: the rest (heads) at `lr`, the front end at
+        `frontend_lr_scale` x lr, the Transformer layers and final norm at `transformer_lr_scale` x lr. At CPU
+        scale the front end's output probes best and gains from a higher rate, while the Transformer layers
+        lose probe accuracy at one (benchmarks/results/recipe_search.md)."""
         p, enc = self.p, self.encoder
         front = {id(w) for m in (enc.subsample, enc.pos_conv) for w in m.parameters()}
         body = {id(w) for m in (enc.layers, enc.final_norm) for w in m.parameters()}
