@@ -160,6 +160,22 @@ def test_in_memory_features_equal_the_memory_mapped_ones(fixture_root):
         assert torch.equal(mapped[k]["target"], loaded[k]["target"])
 
 
+@pytest.mark.parametrize("in_memory", [False, True])
+def test_decoding_batches_in_float16_give_the_log_probs_of_float32_batches(fixture_root, in_memory):
+    store, ids, texts = datasets(fixture_root)
+    data = ds.FeatureDataset(store, ids, texts, in_memory=in_memory)
+    idx = [3, 0, 7]  # lengths differ: padding
+    feats, lengths = data.padded(idx)
+    batch = ds.collate([data[k] for k in idx])
+    assert feats.dtype == torch.float16 and torch.equal(lengths, batch["lengths"])
+    assert torch.equal(feats.float(), batch["feats"])  # the padding is zero too
+    torch.manual_seed(0)
+    model = ds.DownstreamModel(section("finetune", hidden=8), num_layers=feats.shape[2], dim=store.dim,
+                               input_rate=float(store.meta["frame_rate"])).eval()
+    with torch.no_grad():
+        assert torch.equal(model(feats, lengths)[0], model(batch["feats"], batch["lengths"])[0])
+
+
 def test_fbank_frames_are_stacked_down_to_the_downstream_rate():
     cfg = section("finetune", hidden=8, upsample=2)
     model = ds.DownstreamModel(cfg, num_layers=1, dim=8, input_rate=100)

@@ -2,7 +2,7 @@
 
 features (frames, layers, dim) --CMVN per layer--> learned softmax-weighted layer sum (SUPERB) or one layer
   --> stack frames down to `frame_rate` (fbank 100 Hz -> 25 Hz, like the SSL encoders' 4x subsampling)
-  --> SpecAugment (training only) --> Conv1d(k=3) projection [--> conv blocks] --> BiLSTM --> Linear
+  --> SpecAugment (training only) --> Conv1d(k=3) projection [--> conv blocks] [--> BiLSTM] --> Linear
   --> character CTC at `upsample` x `frame_rate` (25 Hz alone is too coarse for fast speech's characters).
 
 Training: AdamW with warm-up then a constant rate, multiplied by `lr_decay` at every dev evaluation without

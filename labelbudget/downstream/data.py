@@ -35,16 +35,29 @@ class FeatureDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.ids)
 
+    def _features(self, k: int) -> np.ndarray:
+        """Item `k`'s features as stored (float16), a view of the block or the memory map: no copy yet."""
+        if self._block is not None:
+            return self._block[self.offsets[k] : self.offsets[k] + self.lengths[k]]
+        return self._read(self.ids[k])
+
     def __getitem__(self, k: int) -> dict:
         uid = self.ids[k]
-        if self._block is not None:
-            x = self._block[self.offsets[k] : self.offsets[k] + self.lengths[k]]
-        else:
-            x = self._read(uid)
-        item = {"id": uid, "feats": torch.from_numpy(np.asarray(x, dtype=np.float32))}
+        item = {"id": uid, "feats": torch.from_numpy(np.asarray(self._features(k), dtype=np.float32))}
         if self.texts is not None:
             item["target"] = torch.tensor(encode(self.texts[uid]), dtype=torch.long)
         return item
+
+    def padded(self, idx: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(features (batch, frames, layers, dim) zero-padded, lengths) of items `idx`, in the stored dtype
+        (float16): one copy per utterance, no float32 copy of each item and of the batch; the model's first op
+        promotes float16 exactly, so it decodes as from `collate`. Decoding (dev CER, test sets) batches here."""
+        parts = [self._features(k) for k in idx]
+        lens = [len(x) for x in parts]
+        out = np.zeros((len(idx), max(lens), *parts[0].shape[1:]), dtype=parts[0].dtype)
+        for j, x in enumerate(parts):
+            out[j, : len(x)] = x
+        return torch.from_numpy(out), torch.tensor(lens)
 
 
 def collate(items: list[dict]) -> dict:

@@ -14,7 +14,7 @@ from torch import nn
 
 from labelbudget.decoders.greedy import GreedyDecoder
 from labelbudget.decoding import Decoder
-from labelbudget.downstream.data import FeatureDataset, collate, sorted_batches
+from labelbudget.downstream.data import FeatureDataset, sorted_batches
 from labelbudget.io import atomic_path
 from labelbudget.schema import Finetune
 from labelbudget.text import VOCAB
@@ -151,9 +151,9 @@ def transcribe(model: DownstreamModel, dataset: FeatureDataset, decoder: Decoder
     device = next(model.parameters()).device
     out: dict[str, str] = {}
     for idx in sorted_batches(dataset.lengths, batch_size):
-        batch = collate([dataset[k] for k in idx])
-        log_probs, lens = model(batch["feats"].to(device), batch["lengths"].to(device))
-        out.update(zip(batch["ids"], decoder.decode(log_probs, lens), strict=True))
+        feats, lengths = dataset.padded(idx)
+        log_probs, lens = model(feats.to(device), lengths.to(device))
+        out.update(zip([dataset.ids[k] for k in idx], decoder.decode(log_probs, lens), strict=True))
     model.train(was_training)
     return out
 
