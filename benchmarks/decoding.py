@@ -43,9 +43,9 @@ def main() -> None:
     bench = Bench("decoding", args)
     torch.set_num_threads(args.threads)
     ws = args.workspace
-    model, _ = ds.load_checkpoint(ws / "models" / "finetune" / args.run / "model.pt")
+    model, meta = ds.load_checkpoint(ws / "models" / "finetune" / args.run / "model.pt")
     corpus = Corpus.load(ws / "data" / "corpus")
-    upstream = args.run.rsplit("-", 2)[0]
+    upstream = meta["upstream"]  # the run names it in its checkpoint (labelbudget.finetuning)
     sets = [ds.FeatureDataset(ds.open_part(ws / "data" / "features" / upstream, corpus.test_part(t)),
                               [r["id"] for r in corpus.read(corpus.test_part(t))]) for t in corpus.tests]
     utterances = sum(len(s) for s in sets)
