@@ -58,9 +58,17 @@ def log_traceback(name: str, e: BaseException, log: Path = ERROR_LOG) -> Path | 
     return log
 
 
-def run_stage(main: Callable[[], int | None]) -> int:
+def run_stage(main: Callable[[], int | None], warm: bool = False) -> int:
     """Run a stage script's main: a known failure prints `error: <message>` and returns EXIT_KNOWN (the
-    traceback goes to the project's error log); anything else raises with its traceback, as a crash should."""
+    traceback goes to the project's error log); anything else raises with its traceback, as a crash should.
+    `warm`: run it in a child of the flow's fork server when there is one (labelbudget.forkserver), which has
+    torch and Lightning imported already."""
+    if warm:
+        from labelbudget import forkserver
+
+        status = forkserver.delegate()
+        if status is not None:
+            return forkserver.exit_like(status)
     try:
         return main() or 0
     except Exception as e:  # noqa: BLE001 - sorted into known and unexpected right here

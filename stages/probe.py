@@ -32,4 +32,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(run_stage(main))
+    sys.exit(run_stage(main, warm=True))

@@ -13,7 +13,8 @@ import os
 import queue
 import sys
 import time
-from contextlib import suppress
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 from typing import Any
 
 from prefect import get_run_logger, task
@@ -21,6 +22,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.futures import PrefectFuture
 from prefect.tasks import exponential_backoff
 
+from labelbudget import forkserver
 from labelbudget.orchestrate import lockfile
 from labelbudget.orchestrate.dag import Dag
 from labelbudget.orchestrate.failures import (
@@ -112,8 +114,31 @@ def run_dag(dag: Dag, concurrency: int = 2, retries: int = 2, retry_delay_s: flo
 
     Returns {"status": {stage: outcome} for every stage, "timings": {stage: (start, end)} of those DVC ran,
     "errors": {stage: message} of those that failed}. A failure blocks only what depends on it."""
-    with stop_on_signals(reset=False):  # over the (sub)flow engine's own SIGTERM handler
+    with stop_on_signals(reset=False), warm_stages(dag):  # over the (sub)flow engine's own SIGTERM handler
         return _run_dag(dag, concurrency, retries, retry_delay_s)
+
+
+@contextmanager
+def warm_stages(dag: Dag) -> Iterator[None]:
+    """A fork server (labelbudget.forkserver) for the stages of this run, named in their environment: the
+    finetune, evaluate, extract and probe scripts then start with torch and Lightning imported (a default run:
+    64 finetunes and evaluations, ~7 s and ~1.5 s less each). `LABELBUDGET_FORKSERVER=off` runs every stage in
+    its own fresh interpreter."""
+    if os.environ.get(forkserver.ADDRESS_VAR) == "off" or not dag.to_run():
+        yield
+        return
+    log = dag.root / ".dvc" / "tmp" / "forkserver.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    previous = os.environ.get(forkserver.ADDRESS_VAR)
+    with forkserver.serving(log) as address:
+        os.environ[forkserver.ADDRESS_VAR] = address
+        try:
+            yield
+        finally:
+            if previous is None:
+                os.environ.pop(forkserver.ADDRESS_VAR, None)
+            else:
+                os.environ[forkserver.ADDRESS_VAR] = previous
 
 
 class _Run:
