@@ -65,8 +65,8 @@ def main() -> None:
     fresh, forked = figures["fresh"], figures["forked"]
     headline = (f"stage process cost ({args.run}, 1 thread): finetune fixed cost {fresh['finetune_fixed']:.1f} s "
                 f"fresh, {forked['finetune_fixed']:.1f} s forked; evaluate "
-                f"{fresh['evaluate']:.1f} s fresh, {forked['evaluate']:.1f} s forked; "
-                "identical models")
+                f"{fresh['evaluate']:.1f} s fresh, {forked['evaluate']:.1f} s forked; training "
+                f"{fresh['train']:.1f} s fresh, {forked['train']:.1f} s forked; identical models")
     bench.save(figures, headline, runs=rows)
 
 

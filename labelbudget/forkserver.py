@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import gc
 import json
 import os
 import runpy
@@ -158,6 +159,10 @@ def serve(address: str, preload: tuple[str, ...] = PRELOAD) -> None:
     for name in preload:
         with contextlib.suppress(ImportError):
             importlib.import_module(name)
+    # The imported modules' objects are never garbage: out of the collector's sight, a child's collections
+    # neither walk them nor write to their pages (each write would copy a page shared with the server).
+    gc.collect()
+    gc.freeze()
     sys.stdout.flush()
     sys.stderr.flush()
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
