@@ -67,3 +67,64 @@ def test_hydra_composition_writes_what_the_plain_composition_gives(tmp_path):
     out = tmp_path / "params.yaml"
     dvcapi.compose_params(out, (REPO / CONF_DIR).resolve(), CONFIG_NAME, REPO, ["profile=smoke"])
     assert yaml.safe_load(out.read_text()) == compose_plain(REPO, "smoke")
+
+
+LOCK_PROJECT = """stages:
+  gen:
+    matrix:
+      size: [small, large]
+    cmd: >-
+      python -c "import sys, pathlib; pathlib.Path(sys.argv[1]).write_text(sys.argv[2])"
+      out-${item.size}.txt 'a long command line that DVC folds when it is wider than eighty characters: ${item.size}'
+    params: [run, 'nested.deep', seeds]
+    outs:
+      - out-${item.size}.txt
+  use:
+    cmd: cat out-small.txt out-large.txt > both.txt
+    deps: [out-small.txt, out-large.txt]
+    outs: [both.txt]
+"""
+LOCK_PARAMS = """run: {lr: 0.001, decay: 1.0e-05, steps: 3000, name: 'x: y', empty: '', none: null, on: true,
+  neg: -2.5, text: "caf\u00e9 \u2013 quoted 'and' \\"double\\""}
+nested: {deep: {list: [1, 2.0, three], map: {a: 1}}}
+seeds: [0, 1]
+"""
+
+
+def lock_after_repro(root: Path, dvc: list[str]) -> bytes:
+    import subprocess
+    import sys
+
+    from dvc.repo import Repo
+
+    Repo.init(str(root), no_scm=True).close()
+    (root / "dvc.yaml").write_text(LOCK_PROJECT)
+    (root / "params.yaml").write_text(LOCK_PARAMS)
+    for stage in ("gen@small", "gen@large", "use"):  # one lock write per stage, as the flow makes them
+        subprocess.run([sys.executable, "-m", *dvc, "repro", "-s", stage], cwd=root, check=True, capture_output=True)
+    return (root / "dvc.lock").read_bytes()
+
+
+def test_dvc_lock_written_in_c_holds_dvcs_values_and_its_rewrite_dvcs_bytes(tmp_path):
+    ours = lock_after_repro(tmp_path / "ours", ["labelbudget.dvcapi"]).decode()
+    theirs = lock_after_repro(tmp_path / "theirs", ["dvc"]).decode()
+    values = dvcapi.parse_yaml(theirs, "dvc.lock")
+    assert values["stages"]["gen@large"]["params"]["params.yaml"]["run"]["decay"] == 1e-05  # YAML 1.2 types
+    assert dvcapi.parse_yaml(ours, "dvc.lock") == values
+    assert list(dvcapi.parse_yaml(ours, "dvc.lock")["stages"]["use"]["outs"][0]) == ["path", "hash", "md5", "size"]
+    # the flow's last step (dag.sort_lock) writes it back through DVC's round trip: then the bytes are DVC's
+    assert dvcapi.dumps_yaml(dvcapi.parse_yaml_for_update(ours, "dvc.lock")) == theirs
+
+
+def test_only_dvc_lock_takes_the_c_writer(tmp_path):
+    import dvc.dvcfile
+
+    dvcapi.fast_lockfile_writes()
+    dvcapi.fast_lockfile_writes()  # idempotent: a second call must not wrap the wrapper
+    with dvc.dvcfile.modify_yaml(tmp_path / "dvc.lock") as data:
+        data["schema"] = "2.0"
+    assert (tmp_path / "dvc.lock").read_text() == "schema: '2.0'\n"
+    assert not list(tmp_path.glob(".dvc.lock.*"))  # replaced atomically, no temporary left behind
+    with dvc.dvcfile.modify_yaml(tmp_path / "dvc.yaml") as data:  # any other file: DVC's own round trip
+        data["stages"] = {}
+    assert (tmp_path / "dvc.yaml").read_text() == "stages: {}\n"

@@ -13,8 +13,6 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
-
 from labelbudget import dvcapi
 
 
@@ -111,27 +109,26 @@ def load_dag(root: str | Path) -> Dag:
 
 
 def sort_lock(root: str | Path, order: list[str]) -> None:
-    """Rewrite dvc.lock with its stages in DAG order. Concurrent `dvc repro -s` calls append entries in the
-    order they finish; a fixed order keeps diffs of dvc.lock readable. DVC's own YAML round-trip keeps the
-    formatting byte-identical to what DVC writes; the file is replaced atomically."""
+    """Rewrite dvc.lock with its stages in DAG order, in DVC's own formatting. Concurrent `dvc repro -s` calls
+    append entries in the order they finish, and the flow's DVC writes the lock in C (`dvcapi.fast_lockfile_writes`,
+    the same values, other quoting); a fixed order and DVC's round trip keep diffs of dvc.lock readable and the
+    bytes what DVC writes. The file is replaced atomically, and only when that changes it."""
     from labelbudget.io import atomic_path
 
     lock = Path(root) / "dvc.lock"
     if not lock.exists():
         return
     rank = {name: i for i, name in enumerate(order)}
-    # a quick read first: the round-trip parser costs ~10 ms per stage
-    entries = (yaml.load(lock.read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader)) or {}).get(
-        "stages"
-    )
-    if list(entries or {}) == sorted(entries or {}, key=lambda n: (rank.get(n, len(rank)), n)):
-        return
-    data = dvcapi.parse_yaml_for_update(lock.read_text(), str(lock))
+    text = lock.read_text()
+    data = dvcapi.parse_yaml_for_update(text, str(lock))
     entries = data.get("stages") or {}
     items = [(n, entries[n]) for n in sorted(entries, key=lambda n: (rank.get(n, len(rank)), n))]
     for n, _ in items:
         del entries[n]
     for n, value in items:
         entries[n] = value
+    rewritten = dvcapi.dumps_yaml(data)
+    if rewritten == text:
+        return
     with atomic_path(lock) as tmp:  # DVC's own dump writes in place: a kill midway would break dvc.lock
-        tmp.write_text(dvcapi.dumps_yaml(data))
+        tmp.write_text(rewritten)

@@ -70,8 +70,9 @@ def repro_stage(root: str, stage: str, concurrency: int = 1) -> dict[str, Any]:
     if interrupted():
         raise StageFailed(stage, None, "not started: the run was interrupted", False, "the run was interrupted", "")
     start = time.time()
-    code, output = run_tracked([sys.executable, "-m", "dvc", "--wait-for-lock", "repro", "-s", stage], root,
-                               stage_env(concurrency))
+    # DVC's command line, with dvc.lock written through libyaml (dvcapi.fast_lockfile_writes)
+    dvc = [sys.executable, "-m", "labelbudget.dvcapi"]
+    code, output = run_tracked([*dvc, "--wait-for-lock", "repro", "-s", stage], root, stage_env(concurrency))
     if code != 0:
         failure = classify(stage, output)
         if lockfile.DVC_REFUSED.search(output):  # a kill during DVC's dvc.lock write, here or beside this stage
