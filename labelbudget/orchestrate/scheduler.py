@@ -70,8 +70,9 @@ def repro_stage(root: str, stage: str, concurrency: int = 1) -> dict[str, Any]:
     if interrupted():
         raise StageFailed(stage, None, "not started: the run was interrupted", False, "the run was interrupted", "")
     start = time.time()
-    # DVC's command line, with dvc.lock written through libyaml (dvcapi.fast_lockfile_writes)
-    dvc = [sys.executable, "-m", "labelbudget.dvcapi"]
+    # DVC's command line with dvc.lock written in C (dvcapi.fast_lockfile_writes). Not `-m`: a checkout whose
+    # labelbudget predates `main` would run that module as a script, do nothing and exit 0; this fails instead.
+    dvc = [sys.executable, "-c", "import sys; from labelbudget.dvcapi import main; sys.exit(main(sys.argv[1:]))"]
     code, output = run_tracked([*dvc, "--wait-for-lock", "repro", "-s", stage], root, stage_env(concurrency))
     if code != 0:
         failure = classify(stage, output)
