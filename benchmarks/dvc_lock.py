@@ -11,7 +11,6 @@ each path's result is checked to hold the same values as DVC's.
 from __future__ import annotations
 
 import argparse
-import io
 import shutil
 import subprocess
 import sys
@@ -28,12 +27,9 @@ def rewrite_seconds(text: str, fast: bool) -> float:
     """One parse and dump of dvc.lock, as DVC makes it after a stage."""
     t = time.perf_counter()
     if fast:
-        dvcapi.dump_lock(dvcapi._c_yaml().load(text))
+        dvcapi.dump_lock(dvcapi.load_lock(text))
     else:
-        from dvc.utils.serialize import _yaml
-
-        out = io.StringIO()
-        _yaml._dump(dvcapi.parse_yaml_for_update(text, "dvc.lock"), out)
+        dvcapi.dumps_yaml(dvcapi.parse_yaml_for_update(text, "dvc.lock"))
     return time.perf_counter() - t
 
 

@@ -121,7 +121,7 @@ def _modify_lock(path: Any) -> Iterator[dict]:
 
     path = Path(str(path))
     try:
-        data = _c_yaml().load(path.read_text(encoding="utf-8")) or {}
+        data = load_lock(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         data = {}
     except YAMLError as exc:
@@ -131,6 +131,11 @@ def _modify_lock(path: Any) -> Iterator[dict]:
     yield data
     with atomic_path(path) as tmp:
         tmp.write_text(dump_lock(data), encoding="utf-8")
+
+
+def load_lock(text: str) -> dict:
+    """dvc.lock's text through the C reader, typed as DVC's own reader types it (YAML 1.2)."""
+    return _c_yaml().load(text) or {}
 
 
 def dump_lock(data: dict) -> str:
@@ -145,11 +150,16 @@ def dump_lock(data: dict) -> str:
 @cache
 def _c_yaml() -> Any:
     from ruamel.yaml import YAML
+    from ruamel.yaml.representer import SafeRepresenter
 
+    class LockRepresenter(SafeRepresenter):  # a subclass: ruamel's own SafeRepresenter stays as it is
+        pass
+
+    LockRepresenter.add_representer(OrderedDict, SafeRepresenter.represent_dict)  # DVC builds OrderedDicts
     yaml = YAML(typ="safe", pure=False)
+    yaml.Representer = LockRepresenter
     yaml.default_flow_style = False
     yaml.sort_base_mapping_type_on_output = False
-    yaml.Representer.add_representer(OrderedDict, yaml.Representer.represent_dict)  # DVC builds OrderedDicts
     return yaml
 
 
